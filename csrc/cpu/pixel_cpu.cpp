@@ -1,0 +1,265 @@
+// CPU kernels of the fused pixel losses.
+//
+// Forward (scalar reduction): one pass reads input, target (and weight) once and, when asked,
+// writes the input gradient in the same pass: 2-3 reads + 0-1 write per element, ~10 flops.
+// Work is split into fixed blocks of kBlock elements whose partial sums are added in block
+// order, so the result has the same bits for any thread count. Half and bfloat16 accumulate in
+// float; block partials are added in double.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "fastgenloss/pixel_ops.h"
+
+namespace fastgenloss {
+namespace {
+
+constexpr int64_t kBlock = 8192;       // elements per deterministic partial sum
+constexpr int64_t kGrainElems = 32768; // below this, one thread does the whole loop
+
+template <typename scalar_t>
+using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Calls f(std::bool_constant<sqrt>, std::bool_constant<piecewise>) for the terms in use.
+template <typename F>
+void dispatch_terms(PixelTermsUsed t, F&& f) {
+  if (t.sqrt_term) {
+    if (t.piecewise) f(std::true_type{}, std::true_type{});
+    else f(std::true_type{}, std::false_type{});
+  } else {
+    if (t.piecewise) f(std::false_type{}, std::true_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
+}
+
+template <typename F>
+void dispatch_bool(bool b, F&& f) {
+  if (b) f(std::true_type{});
+  else f(std::false_type{});
+}
+
+// Sum of w*l over one block (and of w), optionally writing grad_scale*w*dl/dd.
+// kLanes independent accumulators let the compiler keep the loop in vector registers.
+template <typename scalar_t, bool kSqrt, bool kPiece, bool kWeight, bool kGrad>
+void pixel_block_fwd(const scalar_t* x, const scalar_t* y, const scalar_t* w, scalar_t* g,
+                     int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
+                     acc_type_t<scalar_t> grad_scale, double* sum_out, double* wsum_out) {
+  using acc_t = acc_type_t<scalar_t>;
+  constexpr int kLanes = 16;
+  acc_t acc[kLanes] = {};
+  acc_t wacc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t d = acc_t(x[i + j]) - acc_t(y[i + j]);
+      acc_t v = pixel_value<kSqrt, kPiece>(c, d);
+      acc_t wj = acc_t(1);
+      if constexpr (kWeight) {
+        wj = acc_t(w[i + j]);
+        v *= wj;
+        wacc[j] += wj;
+      }
+      acc[j] += v;
+      if constexpr (kGrad) {
+        g[i + j] = scalar_t(grad_scale * wj * pixel_deriv<kSqrt, kPiece>(c, d));
+      }
+    }
+  }
+  for (; i < len; ++i) {
+    const acc_t d = acc_t(x[i]) - acc_t(y[i]);
+    acc_t v = pixel_value<kSqrt, kPiece>(c, d);
+    acc_t wi = acc_t(1);
+    if constexpr (kWeight) {
+      wi = acc_t(w[i]);
+      v *= wi;
+      wacc[0] += wi;
+    }
+    acc[0] += v;
+    if constexpr (kGrad) g[i] = scalar_t(grad_scale * wi * pixel_deriv<kSqrt, kPiece>(c, d));
+  }
+  double s = 0.0, ws = 0.0;
+  for (int j = 0; j < kLanes; ++j) {
+    s += double(acc[j]);
+    ws += double(wacc[j]);
+  }
+  *sum_out = s;
+  *wsum_out = ws;
+}
+
+template <typename scalar_t>
+void pixel_fwd_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor* w,
+                      at::Tensor* grad, const PixelParams& p, at::Tensor& loss,
+                      at::Tensor* wsum_t) {
+  using acc_t = acc_type_t<scalar_t>;
+  const int64_t n = x.numel();
+  const auto c = p.coeffs<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gp = grad ? grad->mutable_data_ptr<scalar_t>() : nullptr;
+  // Mean and sum know their gradient scale now; the weighted means divide by sum(w) later.
+  const acc_t grad_scale = p.reduction == kReduceMean ? acc_t(1) / acc_t(n) : acc_t(1);
+
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partial(2 * nblocks, 0.0);
+  dispatch_terms(p.terms(), [&](auto S, auto P) {
+    dispatch_bool(wp != nullptr, [&](auto W) {
+      dispatch_bool(gp != nullptr, [&](auto G) {
+        at::parallel_for(0, nblocks, std::max<int64_t>(1, kGrainElems / kBlock),
+                         [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t off = b * kBlock;
+            const int64_t len = std::min(kBlock, n - off);
+            pixel_block_fwd<scalar_t, decltype(S)::value, decltype(P)::value, decltype(W)::value,
+                            decltype(G)::value>(
+                xp + off, yp + off, wp ? wp + off : nullptr, gp ? gp + off : nullptr, len, c,
+                grad_scale, &partial[2 * b], &partial[2 * b + 1]);
+          }
+        });
+      });
+    });
+  });
+  double total = 0.0, wsum = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    total += partial[2 * b];
+    wsum += partial[2 * b + 1];
+  }
+  const double result = pixel_reduce_finish<double>(p.reduction, total, wsum, n);
+  loss.fill_(result);
+  if (wsum_t) wsum_t->fill_(wsum);
+}
+
+template <typename scalar_t>
+void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* w,
+                    const PixelParams& p, at::Tensor& out) {
+  using acc_t = acc_type_t<scalar_t>;
+  const auto c = p.coeffs<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  dispatch_terms(p.terms(), [&](auto S, auto P) {
+    constexpr bool kS = decltype(S)::value, kP = decltype(P)::value;
+    at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t i0, int64_t i1) {
+      if (wp) {
+        for (int64_t i = i0; i < i1; ++i)
+          op[i] = scalar_t(acc_t(wp[i]) * pixel_value<kS, kP>(c, acc_t(xp[i]) - acc_t(yp[i])));
+      } else {
+        for (int64_t i = i0; i < i1; ++i)
+          op[i] = scalar_t(pixel_value<kS, kP>(c, acc_t(xp[i]) - acc_t(yp[i])));
+      }
+    });
+  });
+}
+
+// grad_input = s*w*dl/dd and grad_weight = d(loss)/dw, where s is grad_output times the
+// reduction's scale (per element for reduction none).
+template <typename scalar_t>
+void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor& y,
+                    const at::Tensor* w, const at::Tensor& loss, const at::Tensor& wsum_t,
+                    const PixelParams& p, at::Tensor* gi, at::Tensor* gw) {
+  using acc_t = acc_type_t<scalar_t>;
+  const int64_t n = x.numel();
+  const auto c = p.coeffs<acc_t>();
+  const bool elementwise_go = p.reduction == kReduceNone;
+  const scalar_t* gop = go.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gip = gi ? gi->mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gwp = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
+  const bool weighted_mean = p.reduction == kReduceWeightMean || p.reduction == kReduceMaskedMean;
+  const acc_t wsum = weighted_mean ? acc_t(wsum_t.item<double>()) : acc_t(0);
+  const acc_t loss_v = (weighted_mean && gwp) ? acc_t(loss.item<double>()) : acc_t(0);
+  const acc_t scalar_scale =
+      elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(p.reduction, acc_t(gop[0]), wsum, n);
+  dispatch_terms(p.terms(), [&](auto S, auto P) {
+    constexpr bool kS = decltype(S)::value, kP = decltype(P)::value;
+    at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const acc_t d = acc_t(xp[i]) - acc_t(yp[i]);
+        const acc_t s = elementwise_go ? acc_t(gop[i]) : scalar_scale;
+        if (gip) {
+          const acc_t wi = wp ? acc_t(wp[i]) : acc_t(1);
+          gip[i] = scalar_t(s * wi * pixel_deriv<kS, kP>(c, d));
+        }
+        if (gwp) gwp[i] = scalar_t(pixel_weight_grad<acc_t>(p.reduction, s, pixel_value<kS, kP>(c, d), loss_v));
+      }
+    });
+  });
+}
+
+at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
+    double delta, double beta, int64_t reduction, bool write_grad) {
+  const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
+  check_pixel_args("fastgenloss::pixel_fwd", input, target, weight, p);
+  const at::Tensor x = dense_input(input);
+  const at::Tensor y = match_layout(target, x);
+  std::optional<at::Tensor> w;
+  if (weight.has_value()) w = match_layout(*weight, x);
+  const at::Tensor* wp = w.has_value() ? &*w : nullptr;
+  const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
+  const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+
+  at::Tensor loss, grad = empty0(input);
+  at::Tensor wsum = weighted_mean ? at::empty({}, input.options().dtype(acc_dtype))
+                                  : at::empty({0}, input.options().dtype(acc_dtype));
+  if (reduction == kReduceNone) {
+    loss = at::empty_like(x);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_fwd_cpu", [&] {
+      pixel_fwd_none<scalar_t>(x, y, wp, p, loss);
+    });
+  } else {
+    loss = at::empty({}, input.options());
+    if (write_grad) grad = at::empty_like(x);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_fwd_cpu", [&] {
+      pixel_fwd_reduce<scalar_t>(x, y, wp, write_grad ? &grad : nullptr, p, loss,
+                                 weighted_mean ? &wsum : nullptr);
+    });
+  }
+  return {loss, grad, wsum};
+}
+
+std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& loss, const at::Tensor& weight_sum,
+    double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
+    double delta, double beta, int64_t reduction, bool input_grad, bool weight_grad) {
+  const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
+  check_pixel_args("fastgenloss::pixel_bwd", input, target, weight, p);
+  TORCH_CHECK(!weight_grad || weight.has_value(), "fastgenloss::pixel_bwd: weight_grad needs a weight");
+  const at::Tensor x = dense_input(input);
+  const at::Tensor y = match_layout(target, x);
+  std::optional<at::Tensor> w;
+  if (weight.has_value()) w = match_layout(*weight, x);
+  at::Tensor go;
+  if (reduction == kReduceNone) {
+    TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
+                grad_output.sizes(), " must have input's shape ", input.sizes());
+    go = match_layout(grad_output.to(input.scalar_type()), x);
+  } else {
+    TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
+                grad_output.sizes());
+    go = grad_output.to(input.scalar_type()).contiguous();
+  }
+  at::Tensor gi = input_grad ? at::empty_like(x) : empty0(input);
+  at::Tensor gw = weight_grad ? at::empty_like(x) : empty0(input);
+  if (x.numel() > 0 && (input_grad || weight_grad)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_bwd_cpu", [&] {
+      pixel_bwd_impl<scalar_t>(go, x, y, w.has_value() ? &*w : nullptr, loss, weight_sum, p,
+                               input_grad ? &gi : nullptr, weight_grad ? &gw : nullptr);
+    });
+  }
+  return {gi, gw};
+}
+
+}  // namespace fastgenloss

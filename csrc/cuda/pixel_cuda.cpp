@@ -1,0 +1,115 @@
+// CUDA implementations of the pixel ops: tensor checks, layouts and scratch here (g++), the
+// kernels in pixel_kernels.cu. Every entry point guards the device and launches on torch's
+// current stream; no host synchronization.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "fastgenloss/pixel_launch.h"
+#include "fastgenloss/pixel_ops.h"
+
+namespace fastgenloss {
+namespace {
+
+PixelDType pixel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return PixelDType::Float;
+    case at::kDouble: return PixelDType::Double;
+    case at::kHalf: return PixelDType::Half;
+    case at::kBFloat16: return PixelDType::BFloat16;
+    default: TORCH_CHECK(false, "fastgenloss: unsupported dtype ", t, " (float32, float64, float16, bfloat16)");
+  }
+}
+
+PixelLaunch make_launch(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& w,
+                        const PixelParams& p) {
+  return PixelLaunch{pixel_dtype(x.scalar_type()), x.numel(), x.const_data_ptr(), y.const_data_ptr(),
+                     w.has_value() ? w->const_data_ptr() : nullptr,
+                     p.l1, p.mse, p.charbonnier, p.huber, p.smooth_l1, p.eps, p.delta, p.beta,
+                     p.reduction};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cuda(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
+    double delta, double beta, int64_t reduction, bool write_grad) {
+  const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
+  check_pixel_args("fastgenloss::pixel_fwd", input, target, weight, p);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(input.device().index()).stream();
+  const at::Tensor x = dense_input(input);
+  const at::Tensor y = match_layout(target, x);
+  std::optional<at::Tensor> w;
+  if (weight.has_value()) w = match_layout(*weight, x);
+  const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
+  const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const PixelLaunch a = make_launch(x, y, w, p);
+
+  at::Tensor loss, grad = at::empty({0}, input.options());
+  at::Tensor wsum = at::empty(weighted_mean ? at::IntArrayRef{} : at::IntArrayRef{0},
+                              input.options().dtype(acc_dtype));
+  if (reduction == kReduceNone) {
+    loss = at::empty_like(x);
+    C10_CUDA_CHECK(launch_pixel_fwd_none(a, loss.mutable_data_ptr(), stream));
+  } else {
+    loss = at::empty({}, input.options());
+    if (write_grad) grad = at::empty_like(x);
+    const int grid = pixel_reduce_grid(x.numel(), input.device().index());
+    at::Tensor scratch = at::empty({2 * int64_t(grid)}, input.options().dtype(acc_dtype));
+    C10_CUDA_CHECK(launch_pixel_fwd_reduce(a, loss.mutable_data_ptr(),
+                                         weighted_mean ? wsum.mutable_data_ptr() : nullptr,
+                                         write_grad ? grad.mutable_data_ptr() : nullptr,
+                                         scratch.mutable_data_ptr(), grid, stream));
+  }
+  return {loss, grad, wsum};
+}
+
+std::tuple<at::Tensor, at::Tensor> pixel_bwd_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& loss, const at::Tensor& weight_sum,
+    double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
+    double delta, double beta, int64_t reduction, bool input_grad, bool weight_grad) {
+  const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
+  check_pixel_args("fastgenloss::pixel_bwd", input, target, weight, p);
+  TORCH_CHECK(!weight_grad || weight.has_value(), "fastgenloss::pixel_bwd: weight_grad needs a weight");
+  TORCH_CHECK(grad_output.device() == input.device(), "fastgenloss::pixel_bwd: grad_output is on ",
+              grad_output.device(), " but input is on ", input.device());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(input.device().index()).stream();
+  const at::Tensor x = dense_input(input);
+  const at::Tensor y = match_layout(target, x);
+  std::optional<at::Tensor> w;
+  if (weight.has_value()) w = match_layout(*weight, x);
+  at::Tensor go;
+  if (reduction == kReduceNone) {
+    TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
+                grad_output.sizes(), " must have input's shape ", input.sizes());
+    go = match_layout(grad_output.to(input.scalar_type()), x);
+  } else {
+    TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
+                grad_output.sizes());
+    go = grad_output.to(input.scalar_type()).contiguous();
+  }
+  const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
+  at::Tensor gi = input_grad ? at::empty_like(x) : at::empty({0}, input.options());
+  at::Tensor gw = weight_grad ? at::empty_like(x) : at::empty({0}, input.options());
+  if (input_grad || weight_grad) {
+    const PixelLaunch a = make_launch(x, y, w, p);
+    C10_CUDA_CHECK(launch_pixel_bwd(a, go.const_data_ptr(), weighted_mean ? loss.const_data_ptr() : nullptr,
+                                  weighted_mean ? weight_sum.const_data_ptr() : nullptr,
+                                  input_grad ? gi.mutable_data_ptr() : nullptr,
+                                  weight_grad ? gw.mutable_data_ptr() : nullptr, stream));
+  }
+  return {gi, gw};
+}
+
+}  // namespace fastgenloss
+
+TORCH_LIBRARY_IMPL(fastgenloss, CUDA, m) {
+  m.impl("pixel_fwd", &fastgenloss::pixel_fwd_cuda);
+  m.impl("pixel_bwd", &fastgenloss::pixel_bwd_cuda);
+}

@@ -1,0 +1,271 @@
+// CUDA kernels of the fused pixel losses.
+//
+// Reducing forward: one grid-stride pass with 16-byte vector loads reads input, target (and
+// weight) once and, when asked, writes the input gradient: per element 2-3 reads + 0-1 write,
+// ~10 flops, so it is bound by memory bandwidth. Each block writes its partial sums; a second
+// one-block kernel adds them in a fixed order (no float atomics: same bits every run) and
+// divides by the reduction's denominator. Indices are int64 throughout.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "fastgenloss/pixel_launch.h"
+#include "fastgenloss/pixel_math.h"
+
+namespace fastgenloss {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kFinishThreads = 512;
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_of = typename AccOf<T>::type;
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(acc_of<T> v);
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// 16 bytes of T: the unit of every vector load and store.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kN = 16 / sizeof(T);
+  T v[kN];
+};
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block in a fixed order; the result is valid in thread 0.
+template <typename acc_t, int kBlockThreads>
+__device__ __forceinline__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t warp_part[kBlockThreads / 32];
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kBlockThreads / 32 ? warp_part[threadIdx.x] : acc_t(0);
+  if (warp == 0) v = warp_sum(v);
+  __syncthreads();  // warp_part may be reused by a second call
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void fwd_element(const PixelCoeffs<acc_of<T>>& c, T x, T y,
+                                            const T* w, int64_t i, T* grad, acc_of<T> grad_scale,
+                                            acc_of<T>& acc, acc_of<T>& wacc) {
+  using acc_t = acc_of<T>;
+  const acc_t d = to_acc(x) - to_acc(y);
+  acc_t v = pixel_value<true, true>(c, d);
+  acc_t wi = acc_t(1);
+  if (w != nullptr) {
+    wi = to_acc(w[i]);
+    v *= wi;
+    wacc += wi;
+  }
+  acc += v;
+  if (grad != nullptr) grad[i] = from_acc<T>(grad_scale * wi * pixel_deriv<true, true>(c, d));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                         T* __restrict__ grad, int64_t n, PixelCoeffs<acc_of<T>> c,
+                         acc_of<T> grad_scale, bool vectorized, acc_of<T>* __restrict__ partial) {
+  using acc_t = acc_of<T>;
+  acc_t acc = acc_t(0), wacc = acc_t(0);
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  int64_t tail_start = 0;
+  if (vectorized) {
+    constexpr int kN = Pack<T>::kN;
+    const int64_t npack = n / kN;
+    for (int64_t p = int64_t(blockIdx.x) * kThreads + threadIdx.x; p < npack; p += stride) {
+      const Pack<T> xv = reinterpret_cast<const Pack<T>*>(x)[p];
+      const Pack<T> yv = reinterpret_cast<const Pack<T>*>(y)[p];
+      Pack<T> wv, gv;
+      if (w != nullptr) wv = reinterpret_cast<const Pack<T>*>(w)[p];
+#pragma unroll
+      for (int j = 0; j < kN; ++j) {
+        const acc_t d = to_acc(xv.v[j]) - to_acc(yv.v[j]);
+        acc_t v = pixel_value<true, true>(c, d);
+        acc_t wj = acc_t(1);
+        if (w != nullptr) {
+          wj = to_acc(wv.v[j]);
+          v *= wj;
+          wacc += wj;
+        }
+        acc += v;
+        if (grad != nullptr) gv.v[j] = from_acc<T>(grad_scale * wj * pixel_deriv<true, true>(c, d));
+      }
+      if (grad != nullptr) reinterpret_cast<Pack<T>*>(grad)[p] = gv;
+    }
+    tail_start = npack * kN;
+  }
+  for (int64_t i = tail_start + int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
+    fwd_element<T>(c, x[i], y[i], w, i, grad, grad_scale, acc, wacc);
+  }
+  acc = block_sum<acc_t, kThreads>(acc);
+  wacc = block_sum<acc_t, kThreads>(wacc);
+  if (threadIdx.x == 0) {
+    partial[2 * blockIdx.x] = acc;
+    partial[2 * blockIdx.x + 1] = wacc;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kFinishThreads)
+pixel_fwd_finish_kernel(const acc_of<T>* __restrict__ partial, int nparts, int64_t n,
+                        int64_t reduction, T* __restrict__ loss, acc_of<T>* __restrict__ wsum) {
+  using acc_t = acc_of<T>;
+  acc_t s = acc_t(0), ws = acc_t(0);
+  for (int i = threadIdx.x; i < nparts; i += kFinishThreads) {
+    s += partial[2 * i];
+    ws += partial[2 * i + 1];
+  }
+  s = block_sum<acc_t, kFinishThreads>(s);
+  ws = block_sum<acc_t, kFinishThreads>(ws);
+  if (threadIdx.x == 0) {
+    loss[0] = from_acc<T>(pixel_reduce_finish<acc_t>(reduction, s, ws, n));
+    if (wsum != nullptr) wsum[0] = ws;
+  }
+}
+
+template <typename T>
+__global__ void pixel_fwd_none_kernel(const T* __restrict__ x, const T* __restrict__ y,
+                                      const T* __restrict__ w, T* __restrict__ out, int64_t n,
+                                      PixelCoeffs<acc_of<T>> c) {
+  using acc_t = acc_of<T>;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    acc_t v = pixel_value<true, true>(c, to_acc(x[i]) - to_acc(y[i]));
+    if (w != nullptr) v *= to_acc(w[i]);
+    out[i] = from_acc<T>(v);
+  }
+}
+
+template <typename T>
+__global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
+                                 const T* __restrict__ x, const T* __restrict__ y,
+                                 const T* __restrict__ w, const T* __restrict__ loss,
+                                 const acc_of<T>* __restrict__ wsum, T* __restrict__ gi,
+                                 T* __restrict__ gw, int64_t n, int64_t reduction,
+                                 PixelCoeffs<acc_of<T>> c) {
+  using acc_t = acc_of<T>;
+  const acc_t ws = wsum != nullptr ? wsum[0] : acc_t(0);
+  const acc_t scalar_scale =
+      elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(reduction, to_acc(go[0]), ws, n);
+  const acc_t loss_v = (loss != nullptr && gw != nullptr) ? to_acc(loss[0]) : acc_t(0);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const acc_t d = to_acc(x[i]) - to_acc(y[i]);
+    const acc_t s = elementwise_go ? to_acc(go[i]) : scalar_scale;
+    if (gi != nullptr) {
+      const acc_t wi = w != nullptr ? to_acc(w[i]) : acc_t(1);
+      gi[i] = from_acc<T>(s * wi * pixel_deriv<true, true>(c, d));
+    }
+    if (gw != nullptr) {
+      gw[i] = from_acc<T>(pixel_weight_grad<acc_t>(reduction, s, pixel_value<true, true>(c, d), loss_v));
+    }
+  }
+}
+
+bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
+
+int elementwise_grid(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return int(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);  // grid-stride covers the rest
+}
+
+template <typename F>
+cudaError_t dispatch_dtype(PixelDType dt, F&& f) {
+  switch (dt) {
+    case PixelDType::Float: f(float{}); break;
+    case PixelDType::Double: f(double{}); break;
+    case PixelDType::Half: f(__half{}); break;
+    case PixelDType::BFloat16: f(__nv_bfloat16{}); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template <typename acc_t>
+PixelCoeffs<acc_t> coeffs_of(const PixelLaunch& a) {
+  return PixelCoeffs<acc_t>{acc_t(a.l1), acc_t(a.mse), acc_t(a.charbonnier), acc_t(a.huber),
+                            acc_t(a.smooth_l1), acc_t(a.eps * a.eps), acc_t(a.delta), acc_t(a.beta)};
+}
+
+}  // namespace
+
+int pixel_reduce_grid(int64_t n, int device) {
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+    cudaGetLastError();  // clear; fall back to a size that fills any current GPU
+    sms = 132;
+  }
+  const int64_t want = (n + int64_t(kThreads) * 8 - 1) / (int64_t(kThreads) * 8);
+  const int64_t cap = int64_t(sms) * 4;  // 4 resident blocks of 256 threads per SM
+  return int(want < 1 ? 1 : (want < cap ? want : cap));
+}
+
+cudaError_t launch_pixel_fwd_reduce(const PixelLaunch& a, void* loss, void* wsum, void* grad,
+                                  void* scratch, int grid, cudaStream_t stream) {
+  return dispatch_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_of<T>;
+    const acc_t grad_scale =
+        a.reduction == kReduceMean ? acc_t(1) / acc_t(a.n > 0 ? a.n : 1) : acc_t(1);
+    const bool vec = aligned16(a.input) && aligned16(a.target) && aligned16(a.weight) &&
+                     aligned16(grad);
+    if (a.n > 0) {
+      pixel_fwd_partial_kernel<T><<<grid, kThreads, 0, stream>>>(
+          static_cast<const T*>(a.input), static_cast<const T*>(a.target),
+          static_cast<const T*>(a.weight), static_cast<T*>(grad), a.n, coeffs_of<acc_t>(a),
+          grad_scale, vec, static_cast<acc_t*>(scratch));
+    }
+    pixel_fwd_finish_kernel<T><<<1, kFinishThreads, 0, stream>>>(
+        static_cast<const acc_t*>(scratch), a.n > 0 ? grid : 0, a.n, a.reduction,
+        static_cast<T*>(loss), static_cast<acc_t*>(wsum));
+  });
+}
+
+cudaError_t launch_pixel_fwd_none(const PixelLaunch& a, void* out, cudaStream_t stream) {
+  if (a.n == 0) return cudaSuccess;
+  return dispatch_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    pixel_fwd_none_kernel<T><<<elementwise_grid(a.n), kThreads, 0, stream>>>(
+        static_cast<const T*>(a.input), static_cast<const T*>(a.target),
+        static_cast<const T*>(a.weight), static_cast<T*>(out), a.n, coeffs_of<acc_of<T>>(a));
+  });
+}
+
+cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, const void* loss,
+                           const void* wsum, void* grad_input, void* grad_weight,
+                           cudaStream_t stream) {
+  if (a.n == 0) return cudaSuccess;
+  return dispatch_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_of<T>;
+    pixel_bwd_kernel<T><<<elementwise_grid(a.n), kThreads, 0, stream>>>(
+        static_cast<const T*>(grad_output), a.reduction == kReduceNone,
+        static_cast<const T*>(a.input), static_cast<const T*>(a.target),
+        static_cast<const T*>(a.weight), static_cast<const T*>(loss),
+        static_cast<const acc_t*>(wsum), static_cast<T*>(grad_input),
+        static_cast<T*>(grad_weight), a.n, a.reduction, coeffs_of<acc_t>(a));
+  });
+}
+
+}  // namespace fastgenloss

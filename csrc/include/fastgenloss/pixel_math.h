@@ -1,0 +1,136 @@
+// Pixel-loss math: the one definition of every term and its derivative, shared by the CPU
+// kernels (csrc/cpu/pixel_cpu.cpp) and the CUDA kernels (csrc/cuda/pixel_kernels.cu).
+//
+// The fused loss of an element with difference d = input - target is
+//     l(d) = a1*|d| + a2*d^2 + ac*sqrt(d^2 + eps^2) + ah*huber_delta(d) + as*smooth_l1_beta(d)
+// and its weighted form is w*l(d). Terms whose coefficient is zero are never evaluated, so an
+// infinite difference gives torch's answer (inf for l1, not 0*inf = NaN from an unused term).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FGL_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FGL_HOST_DEVICE inline
+#endif
+
+namespace fastgenloss {
+
+// Reduction codes shared by the op schemas (int argument), Python and both backends.
+// 0..2 match torch's at::Reduction (None, Mean, Sum).
+enum PixelReduction : int64_t {
+  kReduceNone = 0,
+  kReduceMean = 1,        // sum(w*l) / numel
+  kReduceSum = 2,         // sum(w*l)
+  kReduceWeightMean = 3,  // sum(w*l) / sum(w); 0/0 = NaN, as torch's weighted l1/mse
+  kReduceMaskedMean = 4,  // sum(w*l) / sum(w); an all-zero mask gives 0 (inpainting)
+};
+
+// Coefficients in the accumulation type (float for float/half/bfloat16, double for double).
+template <typename acc_t>
+struct PixelCoeffs {
+  acc_t l1, mse, charbonnier, huber, smooth_l1;
+  acc_t eps2;   // charbonnier eps^2
+  acc_t delta;  // huber delta (> 0)
+  acc_t beta;   // smooth-l1 beta (>= 0; 0 is plain l1, as in torch)
+};
+
+// Which term families are present; the CPU kernels specialize on these at compile time so a
+// plain l1+mse loop has no sqrt and no branches. The CUDA kernels pass all-true: they are
+// memory bound, and the zero-coefficient guards below keep the result exact.
+struct PixelTermsUsed {
+  bool sqrt_term;   // charbonnier
+  bool piecewise;   // huber or smooth_l1
+};
+
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t fgl_abs(acc_t v) { return v < acc_t(0) ? -v : v; }
+
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t fgl_sign(acc_t v) {
+  return v > acc_t(0) ? acc_t(1) : (v < acc_t(0) ? acc_t(-1) : acc_t(0));  // sign(0) = 0, as torch
+}
+
+// l(d): the unweighted loss of one element.
+template <bool kSqrt, bool kPiecewise, typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_value(const PixelCoeffs<acc_t>& c, acc_t d) {
+  const acc_t ad = fgl_abs(d);
+  const acc_t d2 = d * d;
+  acc_t v = acc_t(0);
+  if (c.l1 != acc_t(0)) v += c.l1 * ad;
+  if (c.mse != acc_t(0)) v += c.mse * d2;
+  if constexpr (kSqrt) {
+    if (c.charbonnier != acc_t(0)) v += c.charbonnier * std::sqrt(d2 + c.eps2);
+  }
+  if constexpr (kPiecewise) {
+    if (c.huber != acc_t(0)) {
+      // torch: |d| < delta ? 0.5 d^2 : delta (|d| - 0.5 delta)
+      v += c.huber * (ad < c.delta ? acc_t(0.5) * d2 : c.delta * (ad - acc_t(0.5) * c.delta));
+    }
+    if (c.smooth_l1 != acc_t(0)) {
+      // torch: |d| < beta ? 0.5 d^2 / beta : |d| - 0.5 beta   (beta = 0 is l1)
+      v += c.smooth_l1 * (ad < c.beta ? acc_t(0.5) * d2 / c.beta : ad - acc_t(0.5) * c.beta);
+    }
+  }
+  return v;
+}
+
+// dl/dd: the unweighted derivative; d/dinput = +dl/dd, d/dtarget = -dl/dd.
+template <bool kSqrt, bool kPiecewise, typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_deriv(const PixelCoeffs<acc_t>& c, acc_t d) {
+  acc_t g = acc_t(0);
+  if (c.l1 != acc_t(0)) g += c.l1 * fgl_sign(d);
+  if (c.mse != acc_t(0)) g += c.mse * acc_t(2) * d;
+  if constexpr (kSqrt) {
+    if (c.charbonnier != acc_t(0)) {
+      const acc_t r = std::sqrt(d * d + c.eps2);
+      g += c.charbonnier * (r > acc_t(0) ? d / r : acc_t(0));  // eps = 0, d = 0: subgradient 0
+    }
+  }
+  if constexpr (kPiecewise) {
+    if (c.huber != acc_t(0)) {
+      // torch: clamp(d, -delta, delta)
+      g += c.huber * (d < -c.delta ? -c.delta : (d > c.delta ? c.delta : d));
+    }
+    if (c.smooth_l1 != acc_t(0)) {
+      // torch: d < -beta ? -1 : (d > beta ? 1 : d / beta)
+      g += c.smooth_l1 * (d < -c.beta ? acc_t(-1) : (d > c.beta ? acc_t(1) : d / c.beta));
+    }
+  }
+  return g;
+}
+
+// The denominator a reduction divides the weighted sum by. `numel` is the element count,
+// `wsum` the sum of weights (only read for the weight-normalized reductions).
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_reduce_finish(int64_t reduction, acc_t total, acc_t wsum, int64_t numel) {
+  switch (reduction) {
+    case kReduceMean: return total / acc_t(numel);  // numel 0: 0/0 = NaN, as torch
+    case kReduceWeightMean: return total / wsum;
+    case kReduceMaskedMean: return wsum == acc_t(0) ? acc_t(0) : total / wsum;
+    default: return total;  // sum
+  }
+}
+
+// The factor that turns grad_output into d(loss)/d(w*l) for a scalar-reducing op.
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_reduce_scale(int64_t reduction, acc_t grad_out, acc_t wsum, int64_t numel) {
+  switch (reduction) {
+    case kReduceMean: return grad_out / acc_t(numel);
+    case kReduceWeightMean: return grad_out / wsum;
+    case kReduceMaskedMean: return wsum == acc_t(0) ? acc_t(0) : grad_out / wsum;
+    default: return grad_out;  // sum (and none, where grad_out is per element)
+  }
+}
+
+// d(loss)/d(w_i) for one element, given the scale above: for sum/mean it is scale*l_i; for the
+// weight-normalized means, loss = sum(w l)/sum(w), so it is (l_i - loss)*grad_out/sum(w).
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_weight_grad(int64_t reduction, acc_t scale, acc_t l, acc_t loss) {
+  if (reduction == kReduceWeightMean || reduction == kReduceMaskedMean) return scale * (l - loss);
+  return scale * l;
+}
+
+}  // namespace fastgenloss

@@ -1,0 +1,50 @@
+// Tensor-level declarations shared by the CPU and CUDA implementations of the pixel ops.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "fastgenloss/pixel_math.h"
+
+namespace fastgenloss {
+
+// The scalar arguments of pixel_fwd / pixel_bwd, in schema order.
+struct PixelParams {
+  double l1, mse, charbonnier, huber, smooth_l1;
+  double eps, delta, beta;
+  int64_t reduction;
+
+  template <typename acc_t>
+  PixelCoeffs<acc_t> coeffs() const {
+    return PixelCoeffs<acc_t>{acc_t(l1), acc_t(mse), acc_t(charbonnier), acc_t(huber),
+                              acc_t(smooth_l1), acc_t(eps * eps), acc_t(delta), acc_t(beta)};
+  }
+  PixelTermsUsed terms() const { return {charbonnier != 0.0, huber != 0.0 || smooth_l1 != 0.0}; }
+};
+
+// Backstop checks for direct op calls (the Python API checks first, with its own names).
+void check_pixel_args(const char* op, const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight, const PixelParams& p);
+
+// `input` itself when it is non-overlapping and dense (contiguous, channels_last, any
+// permutation), otherwise a copy laid out as at::empty_like(input) lays it out. Kernels then
+// walk the storage linearly: the element order does not matter to an elementwise loss.
+at::Tensor dense_input(const at::Tensor& input);
+
+// `t`'s values with exactly `like`'s sizes and strides (`like` dense): `t` itself when it
+// already matches, otherwise a copy. Used for target, weight (broadcast weights arrive
+// expanded, with zero strides) and per-element grad_output.
+at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);
+
+// Outputs of pixel_fwd: (loss, grad, weight_sum). See csrc/ops.cpp for their meaning.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
+    double delta, double beta, int64_t reduction, bool write_grad);
+
+std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& loss, const at::Tensor& weight_sum,
+    double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
+    double delta, double beta, int64_t reduction, bool input_grad, bool weight_grad);
+
+}  // namespace fastgenloss

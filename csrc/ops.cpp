@@ -1,0 +1,79 @@
+// Op schemas (defined once, here) and the argument checks both backends share.
+//
+// pixel_fwd(input, target, weight?, coefficients..., reduction, write_grad)
+//     -> (loss, grad, weight_sum)
+//   loss:       reduction none: w*l per element, laid out like empty_like(input);
+//               otherwise a 0-dim tensor of input's dtype.
+//   grad:       when write_grad and the reduction is scalar: per-element d(loss)/d(input) for
+//               grad_output = 1 (mean, sum), or w*dl/dd still to be divided by weight_sum
+//               (weight/masked mean); otherwise an empty [0] tensor.
+//   weight_sum: for the weight-normalized means, sum(w) as a 0-dim float (double for double
+//               input); otherwise an empty [0] tensor.
+// pixel_bwd(grad_output, input, target, weight?, loss, weight_sum, coefficients..., reduction,
+//           input_grad, weight_grad) -> (grad_input, grad_weight)
+//   grad_input: d/d(input) (grad_target is its negation); grad_weight: d/d(weight, expanded
+//   to input's shape). Each is an empty [0] tensor when not asked for.
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+
+#include "fastgenloss/pixel_ops.h"
+
+namespace fastgenloss {
+
+void check_pixel_args(const char* op, const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight, const PixelParams& p) {
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point ",
+              "tensor, got ", input.scalar_type(), " ", input.sizes());
+  TORCH_CHECK(target.scalar_type() == input.scalar_type(), op, ": target dtype ",
+              target.scalar_type(), " differs from input dtype ", input.scalar_type());
+  TORCH_CHECK(target.sizes() == input.sizes(), op, ": target ", target.sizes(),
+              " and input ", input.sizes(), " must have the same shape");
+  TORCH_CHECK(target.device() == input.device(), op, ": target is on ", target.device(),
+              " but input is on ", input.device());
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": weight dtype ",
+                weight->scalar_type(), " differs from input dtype ", input.scalar_type());
+    TORCH_CHECK(weight->sizes() == input.sizes(), op, ": weight ", weight->sizes(),
+                " must be expanded to input's shape ", input.sizes());
+    TORCH_CHECK(weight->device() == input.device(), op, ": weight is on ", weight->device(),
+                " but input is on ", input.device());
+  }
+  TORCH_CHECK(p.reduction >= kReduceNone && p.reduction <= kReduceMaskedMean, op,
+              ": unknown reduction code ", p.reduction);
+  TORCH_CHECK(p.eps >= 0.0, op, ": eps must be >= 0, got ", p.eps);
+  TORCH_CHECK(p.huber == 0.0 || p.delta > 0.0, op, ": delta must be > 0, got ", p.delta);
+  TORCH_CHECK(p.smooth_l1 == 0.0 || p.beta >= 0.0, op, ": beta must be >= 0, got ", p.beta);
+}
+
+at::Tensor dense_input(const at::Tensor& input) {
+  if (input.is_non_overlapping_and_dense()) return input;
+  return at::empty_like(input).copy_(input);
+}
+
+at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
+  if (t.sizes() == like.sizes() && t.strides() == like.strides() &&
+      t.is_non_overlapping_and_dense()) {
+    return t;
+  }
+  return at::empty_like(like, t.options()).copy_(t);
+}
+
+}  // namespace fastgenloss
+
+TORCH_LIBRARY(fastgenloss, m) {
+  m.def(
+      "pixel_fwd(Tensor input, Tensor target, Tensor? weight, float l1, float mse, "
+      "float charbonnier, float huber, float smooth_l1, float eps, float delta, float beta, "
+      "int reduction, bool write_grad) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "pixel_bwd(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor loss, "
+      "Tensor weight_sum, float l1, float mse, float charbonnier, float huber, float smooth_l1, "
+      "float eps, float delta, float beta, int reduction, bool input_grad, bool weight_grad) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {
+  m.impl("pixel_fwd", &fastgenloss::pixel_fwd_cpu);
+  m.impl("pixel_bwd", &fastgenloss::pixel_bwd_cpu);
+}
