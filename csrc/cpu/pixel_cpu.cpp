@@ -101,7 +101,7 @@ void pixel_fwd_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor
   const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* gp = grad ? grad->mutable_data_ptr<scalar_t>() : nullptr;
   // Mean and sum know their gradient scale now; the weighted means divide by sum(w) later.
-  const acc_t grad_scale = p.reduction == kReduceMean ? acc_t(1) / acc_t(n) : acc_t(1);
+  const acc_t grad_scale = pixel_grad_pre_scale<acc_t>(p.reduction, n);
 
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(2 * nblocks, 0.0);
@@ -174,19 +174,27 @@ void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor&
   const bool weighted_mean = p.reduction == kReduceWeightMean || p.reduction == kReduceMaskedMean;
   const acc_t wsum = weighted_mean ? acc_t(wsum_t.item<double>()) : acc_t(0);
   const acc_t loss_v = (weighted_mean && gwp) ? acc_t(loss.item<double>()) : acc_t(0);
-  const acc_t scalar_scale =
-      elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(p.reduction, acc_t(gop[0]), wsum, n);
+  const acc_t go0 = elementwise_go ? acc_t(0) : acc_t(gop[0]);
+  const acc_t pre = pixel_grad_pre_scale<acc_t>(p.reduction, n);
+  const acc_t post = elementwise_go ? acc_t(0) : pixel_grad_post_scale<acc_t>(p.reduction, go0, wsum);
+  const acc_t wscale = elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(p.reduction, go0, wsum, n);
   dispatch_terms(p.terms(), [&](auto S, auto P) {
     constexpr bool kS = decltype(S)::value, kP = decltype(P)::value;
     at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const acc_t d = acc_t(xp[i]) - acc_t(yp[i]);
-        const acc_t s = elementwise_go ? acc_t(gop[i]) : scalar_scale;
+        const acc_t wi = wp ? acc_t(wp[i]) : acc_t(1);
         if (gip) {
-          const acc_t wi = wp ? acc_t(wp[i]) : acc_t(1);
-          gip[i] = scalar_t(s * wi * pixel_deriv<kS, kP>(c, d));
+          if (elementwise_go) {
+            gip[i] = scalar_t(acc_t(gop[i]) * wi * pixel_deriv<kS, kP>(c, d));
+          } else {  // two roundings, as the forward-written gradient scaled in backward
+            gip[i] = scalar_t(acc_t(scalar_t(pre * wi * pixel_deriv<kS, kP>(c, d))) * post);
+          }
         }
-        if (gwp) gwp[i] = scalar_t(pixel_weight_grad<acc_t>(p.reduction, s, pixel_value<kS, kP>(c, d), loss_v));
+        if (gwp) {
+          const acc_t s = elementwise_go ? acc_t(gop[i]) : wscale;
+          gwp[i] = scalar_t(pixel_weight_grad<acc_t>(p.reduction, s, pixel_value<kS, kP>(c, d), loss_v));
+        }
       }
     });
   });

@@ -166,18 +166,24 @@ __global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
                                  PixelCoeffs<acc_of<T>> c) {
   using acc_t = acc_of<T>;
   const acc_t ws = wsum != nullptr ? wsum[0] : acc_t(0);
-  const acc_t scalar_scale =
-      elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(reduction, to_acc(go[0]), ws, n);
+  const acc_t go0 = elementwise_go ? acc_t(0) : to_acc(go[0]);
+  const acc_t pre = pixel_grad_pre_scale<acc_t>(reduction, n);
+  const acc_t post = elementwise_go ? acc_t(0) : pixel_grad_post_scale<acc_t>(reduction, go0, ws);
+  const acc_t wscale = elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(reduction, go0, ws, n);
   const acc_t loss_v = (loss != nullptr && gw != nullptr) ? to_acc(loss[0]) : acc_t(0);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const acc_t d = to_acc(x[i]) - to_acc(y[i]);
-    const acc_t s = elementwise_go ? to_acc(go[i]) : scalar_scale;
+    const acc_t wi = w != nullptr ? to_acc(w[i]) : acc_t(1);
     if (gi != nullptr) {
-      const acc_t wi = w != nullptr ? to_acc(w[i]) : acc_t(1);
-      gi[i] = from_acc<T>(s * wi * pixel_deriv<true, true>(c, d));
+      if (elementwise_go) {
+        gi[i] = from_acc<T>(to_acc(go[i]) * wi * pixel_deriv<true, true>(c, d));
+      } else {  // two roundings, as the forward-written gradient scaled in backward
+        gi[i] = from_acc<T>(to_acc(from_acc<T>(pre * wi * pixel_deriv<true, true>(c, d))) * post);
+      }
     }
     if (gw != nullptr) {
+      const acc_t s = elementwise_go ? to_acc(go[i]) : wscale;
       gw[i] = from_acc<T>(pixel_weight_grad<acc_t>(reduction, s, pixel_value<true, true>(c, d), loss_v));
     }
   }
@@ -226,8 +232,7 @@ cudaError_t launch_pixel_fwd_reduce(const PixelLaunch& a, void* loss, void* wsum
   return dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
-    const acc_t grad_scale =
-        a.reduction == kReduceMean ? acc_t(1) / acc_t(a.n > 0 ? a.n : 1) : acc_t(1);
+    const acc_t grad_scale = pixel_grad_pre_scale<acc_t>(a.reduction, a.n > 0 ? a.n : 1);
     const bool vec = aligned16(a.input) && aligned16(a.target) && aligned16(a.weight) &&
                      aligned16(grad);
     if (a.n > 0) {

@@ -114,15 +114,26 @@ FGL_HOST_DEVICE acc_t pixel_reduce_finish(int64_t reduction, acc_t total, acc_t 
   }
 }
 
+// For a scalar-reducing op, d(loss)/d(input_i) = post * round(pre * w_i * dl/dd): the forward
+// writes round(pre * w * dl/dd) (pre is known then) and backward scales it by post (which needs
+// grad_output, and sum(w) for the weight-normalized means). pixel_bwd rounds the same way, so a
+// second backward through it (retain_graph) gives the same bits as the first.
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_grad_pre_scale(int64_t reduction, int64_t numel) {
+  return reduction == kReduceMean ? acc_t(1) / acc_t(numel) : acc_t(1);
+}
+
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t pixel_grad_post_scale(int64_t reduction, acc_t grad_out, acc_t wsum) {
+  if (reduction == kReduceWeightMean) return grad_out / wsum;
+  if (reduction == kReduceMaskedMean) return wsum == acc_t(0) ? acc_t(0) : grad_out / wsum;
+  return grad_out;  // mean, sum
+}
+
 // The factor that turns grad_output into d(loss)/d(w*l) for a scalar-reducing op.
 template <typename acc_t>
 FGL_HOST_DEVICE acc_t pixel_reduce_scale(int64_t reduction, acc_t grad_out, acc_t wsum, int64_t numel) {
-  switch (reduction) {
-    case kReduceMean: return grad_out / acc_t(numel);
-    case kReduceWeightMean: return grad_out / wsum;
-    case kReduceMaskedMean: return wsum == acc_t(0) ? acc_t(0) : grad_out / wsum;
-    default: return grad_out;  // sum (and none, where grad_out is per element)
-  }
+  return pixel_grad_pre_scale<acc_t>(reduction, numel) * pixel_grad_post_scale(reduction, grad_out, wsum);
 }
 
 // d(loss)/d(w_i) for one element, given the scale above: for sum/mean it is scale*l_i; for the
