@@ -6,7 +6,9 @@
 //               otherwise a 0-dim tensor of input's dtype.
 //   grad:       when write_grad and the reduction is scalar: per-element d(loss)/d(input) for
 //               grad_output = 1 (mean, sum), or w*dl/dd still to be divided by weight_sum
-//               (weight/masked mean); otherwise an empty [0] tensor.
+//               (weight/masked mean); otherwise an empty [0] tensor. It is donated to
+//               backward: in eager mode the first backward scales it in place and returns it
+//               as the input gradient, so a caller must not keep it (fastgenloss's API drops it).
 //   weight_sum: for the weight-normalized means, sum(w) as a 0-dim float (double for double
 //               input); otherwise an empty [0] tensor.
 // pixel_bwd(grad_output, input, target, weight?, loss, weight_sum, coefficients..., reduction,
