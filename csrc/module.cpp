@@ -19,9 +19,14 @@ PYBIND11_MODULE(_C, m) {
 #endif
     d["cuda_archs"] = FGL_CUDA_ARCHS;
 #if AT_PARALLEL_OPENMP
-    d["parallel_backend"] = "OpenMP (torch's)";
+    d["parallel_backend"] = "OpenMP";
 #else
-    d["parallel_backend"] = "native thread pool (torch's)";
+    d["parallel_backend"] = "native thread pool";
+#endif
+#ifdef FGL_OPENMP
+    d["openmp_compiled"] = true;
+#else
+    d["openmp_compiled"] = false;
 #endif
     d["cxx_standard"] = static_cast<long>(__cplusplus);
     return d;

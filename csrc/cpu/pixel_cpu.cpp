@@ -44,8 +44,8 @@ void dispatch_bool(bool b, F&& f) {
 // Sum of w*l over one block (and of w), optionally writing grad_scale*w*dl/dd.
 // kLanes independent accumulators let the compiler keep the loop in vector registers.
 template <typename scalar_t, bool kSqrt, bool kPiece, bool kWeight, bool kGrad>
-void pixel_block_fwd(const scalar_t* x, const scalar_t* y, const scalar_t* w, scalar_t* g,
-                     int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
+void pixel_block_fwd(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                     const scalar_t* __restrict__ w, scalar_t* __restrict__ g, int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
                      acc_type_t<scalar_t> grad_scale, double* sum_out, double* wsum_out) {
   using acc_t = acc_type_t<scalar_t>;
   constexpr int kLanes = 16;
@@ -155,8 +155,27 @@ void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* 
   });
 }
 
-// grad_input = s*w*dl/dd and grad_weight = d(loss)/dw, where s is grad_output times the
-// reduction's scale (per element for reduction none).
+// grad_input of a range: kElem reads grad_output per element (reduction none); otherwise
+// post * round(pre * w * dl/dd), the same two roundings as the forward-written gradient.
+template <typename scalar_t, bool kS, bool kP, bool kW, bool kElem>
+void pixel_grad_input_range(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
+                            const scalar_t* __restrict__ y, const scalar_t* __restrict__ w,
+                            scalar_t* __restrict__ gi, int64_t i0, int64_t i1,
+                            const PixelCoeffs<acc_type_t<scalar_t>>& c, acc_type_t<scalar_t> pre,
+                            acc_type_t<scalar_t> post) {
+  using acc_t = acc_type_t<scalar_t>;
+  for (int64_t i = i0; i < i1; ++i) {
+    const acc_t d = acc_t(x[i]) - acc_t(y[i]);
+    const acc_t wi = kW ? acc_t(w[i]) : acc_t(1);
+    if constexpr (kElem) {
+      gi[i] = scalar_t(acc_t(go[i]) * wi * pixel_deriv<kS, kP>(c, d));
+    } else {
+      gi[i] = scalar_t(acc_t(scalar_t(pre * wi * pixel_deriv<kS, kP>(c, d))) * post);
+    }
+  }
+}
+
+// grad_input = d(loss)/d(input) and grad_weight = d(loss)/d(weight), from grad_output.
 template <typename scalar_t>
 void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor& y,
                     const at::Tensor* w, const at::Tensor& loss, const at::Tensor& wsum_t,
@@ -180,23 +199,25 @@ void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor&
   const acc_t wscale = elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(p.reduction, go0, wsum, n);
   dispatch_terms(p.terms(), [&](auto S, auto P) {
     constexpr bool kS = decltype(S)::value, kP = decltype(P)::value;
-    at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const acc_t d = acc_t(xp[i]) - acc_t(yp[i]);
-        const acc_t wi = wp ? acc_t(wp[i]) : acc_t(1);
-        if (gip) {
-          if (elementwise_go) {
-            gip[i] = scalar_t(acc_t(gop[i]) * wi * pixel_deriv<kS, kP>(c, d));
-          } else {  // two roundings, as the forward-written gradient scaled in backward
-            gip[i] = scalar_t(acc_t(scalar_t(pre * wi * pixel_deriv<kS, kP>(c, d))) * post);
-          }
-        }
-        if (gwp) {
+    if (gip) {
+      dispatch_bool(wp != nullptr, [&](auto W) {
+        dispatch_bool(elementwise_go, [&](auto E) {
+          at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
+            pixel_grad_input_range<scalar_t, kS, kP, decltype(W)::value, decltype(E)::value>(
+                gop, xp, yp, wp, gip, i0, i1, c, pre, post);
+          });
+        });
+      });
+    }
+    if (gwp) {  // weight gradients are rarer: one general loop
+      at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
           const acc_t s = elementwise_go ? acc_t(gop[i]) : wscale;
-          gwp[i] = scalar_t(pixel_weight_grad<acc_t>(p.reduction, s, pixel_value<kS, kP>(c, d), loss_v));
+          const acc_t l = pixel_value<kS, kP>(c, acc_t(xp[i]) - acc_t(yp[i]));
+          gwp[i] = scalar_t(pixel_weight_grad<acc_t>(p.reduction, s, l, loss_v));
         }
-      }
-    });
+      });
+    }
   });
 }
 

@@ -13,7 +13,8 @@
 #if defined(__CUDACC__)
 #define FGL_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define FGL_HOST_DEVICE inline
+// static: internal linkage, so copies compiled with different ISA flags never get merged
+#define FGL_HOST_DEVICE static inline __attribute__((always_inline))
 #endif
 
 namespace fastgenloss {
@@ -48,9 +49,11 @@ struct PixelTermsUsed {
 template <typename acc_t>
 FGL_HOST_DEVICE acc_t fgl_abs(acc_t v) { return v < acc_t(0) ? -v : v; }
 
+// sign(0) = 0, as torch. Branch-free (two compares), so CPU loops vectorize and random signs
+// cost no mispredictions.
 template <typename acc_t>
 FGL_HOST_DEVICE acc_t fgl_sign(acc_t v) {
-  return v > acc_t(0) ? acc_t(1) : (v < acc_t(0) ? acc_t(-1) : acc_t(0));  // sign(0) = 0, as torch
+  return acc_t(v > acc_t(0)) - acc_t(v < acc_t(0));
 }
 
 // l(d): the unweighted loss of one element.
