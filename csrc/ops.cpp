@@ -53,6 +53,14 @@ at::Tensor dense_input(const at::Tensor& input) {
   return at::empty_like(input).copy_(input);
 }
 
+bool broadcast_scalar(const at::Tensor& t) {
+  if (t.numel() <= 1) return t.numel() == 1;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1 && t.stride(d) != 0) return false;
+  }
+  return true;
+}
+
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
   if (t.sizes() == like.sizes() && t.strides() == like.strides() &&
       t.is_non_overlapping_and_dense()) {

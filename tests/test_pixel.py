@@ -351,3 +351,19 @@ def test_gradcheck_float64(name, reduction, device):
     w = torch.rand(3, 1, 5, dtype=torch.float64, device=device) + 0.2
     torch.autograd.gradcheck(fns[name], (x.requires_grad_(), y.requires_grad_(), w.requires_grad_()))
     torch.autograd.gradcheck(fns[name], (x, y, None))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reduction_none_then_mean_or_sum(dtype, weighted, device):
+    """Autograd hands reduction="none" an expanded scalar gradient under .mean()/.sum(); it is
+    read in place, and must give torch's values."""
+    x, y = rand_pair((3, 4, 5, 6), dtype, device)
+    w = (torch.rand(3, 1, 5, 6, device=device).to(dtype) + 0.1).requires_grad_() if weighted else None
+    for post in (lambda t: t.mean(), lambda t: 3.0 * t.sum()):
+        check_against_reference(
+            lambda a, b, *c: post(fgl.huber_loss(a, b, reduction="none", delta=0.7,
+                                                 weight=c[0] if c else None)),
+            lambda a, b, *c: post(ref.huber_loss(a, b, reduction="none", delta=0.7,
+                                                 weight=c[0] if c else None)),
+            [x, y] + ([w] if weighted else []), dtype)

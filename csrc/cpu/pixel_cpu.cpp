@@ -23,16 +23,18 @@ constexpr int64_t kGrainElems = 32768; // below this, one thread does the whole 
 template <typename scalar_t>
 using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// Calls f(std::bool_constant<sqrt>, std::bool_constant<piecewise>) for the terms in use.
+// Calls f(std::bool_constant<sqrt>, std::integral_constant<int, piecewise>) for the terms in use.
 template <typename F>
 void dispatch_terms(PixelTermsUsed t, F&& f) {
-  if (t.sqrt_term) {
-    if (t.piecewise) f(std::true_type{}, std::true_type{});
-    else f(std::true_type{}, std::false_type{});
-  } else {
-    if (t.piecewise) f(std::false_type{}, std::true_type{});
-    else f(std::false_type{}, std::false_type{});
-  }
+  auto with_sqrt = [&](auto S) {
+    switch (t.piecewise) {
+      case kPieceNone: f(S, std::integral_constant<int, kPieceNone>{}); break;
+      case kPieceHuber: f(S, std::integral_constant<int, kPieceHuber>{}); break;
+      default: f(S, std::integral_constant<int, kPieceBoth>{}); break;
+    }
+  };
+  if (t.sqrt_term) with_sqrt(std::true_type{});
+  else with_sqrt(std::false_type{});
 }
 
 template <typename F>
@@ -43,7 +45,7 @@ void dispatch_bool(bool b, F&& f) {
 
 // Sum of w*l over one block (and of w), optionally writing grad_scale*w*dl/dd.
 // kLanes independent accumulators let the compiler keep the loop in vector registers.
-template <typename scalar_t, bool kSqrt, bool kPiece, bool kWeight, bool kGrad>
+template <typename scalar_t, bool kSqrt, int kPiece, bool kWeight, bool kGrad>
 void pixel_block_fwd(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
                      const scalar_t* __restrict__ w, scalar_t* __restrict__ g, int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
                      acc_type_t<scalar_t> grad_scale, double* sum_out, double* wsum_out) {
@@ -142,7 +144,8 @@ void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* 
   const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   dispatch_terms(p.terms(), [&](auto S, auto P) {
-    constexpr bool kS = decltype(S)::value, kP = decltype(P)::value;
+    constexpr bool kS = decltype(S)::value;
+    constexpr int kP = decltype(P)::value;
     at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t i0, int64_t i1) {
       if (wp) {
         for (int64_t i = i0; i < i1; ++i)
@@ -155,9 +158,14 @@ void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* 
   });
 }
 
-// grad_input of a range: kElem reads grad_output per element (reduction none); otherwise
-// post * round(pre * w * dl/dd), the same two roundings as the forward-written gradient.
-template <typename scalar_t, bool kS, bool kP, bool kW, bool kElem>
+// How pixel_bwd reads grad_output: one scalar of a reducing op; per element (reduction none); or
+// one value broadcast to every element (reduction none under .mean()/.sum(): autograd passes an
+// expanded scalar, which is read in place rather than materialized).
+constexpr int kGoReduced = 0, kGoElementwise = 1, kGoBroadcast = 2;
+
+// grad_input of a range. Reduced: post * round(pre * w * dl/dd), the same two roundings as the
+// forward-written gradient. Reduction none: g * w * dl/dd, rounded once, as torch.
+template <typename scalar_t, bool kS, int kP, bool kW, int kGo>
 void pixel_grad_input_range(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
                             const scalar_t* __restrict__ y, const scalar_t* __restrict__ w,
                             scalar_t* __restrict__ gi, int64_t i0, int64_t i1,
@@ -167,8 +175,10 @@ void pixel_grad_input_range(const scalar_t* __restrict__ go, const scalar_t* __r
   for (int64_t i = i0; i < i1; ++i) {
     const acc_t d = acc_t(x[i]) - acc_t(y[i]);
     const acc_t wi = kW ? acc_t(w[i]) : acc_t(1);
-    if constexpr (kElem) {
+    if constexpr (kGo == kGoElementwise) {
       gi[i] = scalar_t(acc_t(go[i]) * wi * pixel_deriv<kS, kP>(c, d));
+    } else if constexpr (kGo == kGoBroadcast) {
+      gi[i] = scalar_t(post * wi * pixel_deriv<kS, kP>(c, d));
     } else {
       gi[i] = scalar_t(acc_t(scalar_t(pre * wi * pixel_deriv<kS, kP>(c, d))) * post);
     }
@@ -183,7 +193,9 @@ void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor&
   using acc_t = acc_type_t<scalar_t>;
   const int64_t n = x.numel();
   const auto c = p.coeffs<acc_t>();
-  const bool elementwise_go = p.reduction == kReduceNone;
+  const bool elementwise_go = p.reduction == kReduceNone && go.numel() != 1;
+  const int go_mode = p.reduction != kReduceNone ? kGoReduced
+                      : (elementwise_go ? kGoElementwise : kGoBroadcast);
   const scalar_t* gop = go.const_data_ptr<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
@@ -196,17 +208,22 @@ void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor&
   const acc_t go0 = elementwise_go ? acc_t(0) : acc_t(gop[0]);
   const acc_t pre = pixel_grad_pre_scale<acc_t>(p.reduction, n);
   const acc_t post = elementwise_go ? acc_t(0) : pixel_grad_post_scale<acc_t>(p.reduction, go0, wsum);
+  // (reduction none with a broadcast grad_output: post_scale of kReduceNone is go0 itself)
   const acc_t wscale = elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(p.reduction, go0, wsum, n);
   dispatch_terms(p.terms(), [&](auto S, auto P) {
-    constexpr bool kS = decltype(S)::value, kP = decltype(P)::value;
+    constexpr bool kS = decltype(S)::value;
+    constexpr int kP = decltype(P)::value;
     if (gip) {
       dispatch_bool(wp != nullptr, [&](auto W) {
-        dispatch_bool(elementwise_go, [&](auto E) {
+        auto run = [&](auto G) {
           at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
-            pixel_grad_input_range<scalar_t, kS, kP, decltype(W)::value, decltype(E)::value>(
+            pixel_grad_input_range<scalar_t, kS, kP, decltype(W)::value, decltype(G)::value>(
                 gop, xp, yp, wp, gip, i0, i1, c, pre, post);
           });
-        });
+        };
+        if (go_mode == kGoElementwise) run(std::integral_constant<int, kGoElementwise>{});
+        else if (go_mode == kGoBroadcast) run(std::integral_constant<int, kGoBroadcast>{});
+        else run(std::integral_constant<int, kGoReduced>{});
       });
     }
     if (gwp) {  // weight gradients are rarer: one general loop
@@ -274,7 +291,8 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
   if (reduction == kReduceNone) {
     TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
                 grad_output.sizes(), " must have input's shape ", input.sizes());
-    go = match_layout(grad_output.to(input.scalar_type()), x);
+    go = broadcast_scalar(grad_output) ? grad_output.to(input.scalar_type()).reshape({-1}).narrow(0, 0, 1).contiguous()
+                                       : match_layout(grad_output.to(input.scalar_type()), x);
   } else {
     TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
                 grad_output.sizes());

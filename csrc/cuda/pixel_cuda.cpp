@@ -88,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cuda(
   if (reduction == kReduceNone) {
     TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
                 grad_output.sizes(), " must have input's shape ", input.sizes());
-    go = match_layout(grad_output.to(input.scalar_type()), x);
+    go = broadcast_scalar(grad_output) ? grad_output.to(input.scalar_type()).reshape({-1}).narrow(0, 0, 1).contiguous()
+                                       : match_layout(grad_output.to(input.scalar_type()), x);
   } else {
     TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
                 grad_output.sizes());
@@ -99,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cuda(
   at::Tensor gw = weight_grad ? at::empty_like(x) : at::empty({0}, input.options());
   if (input_grad || weight_grad) {
     const PixelLaunch a = make_launch(x, y, w, p);
-    C10_CUDA_CHECK(launch_pixel_bwd(a, go.const_data_ptr(), weighted_mean ? loss.const_data_ptr() : nullptr,
+    C10_CUDA_CHECK(launch_pixel_bwd(a, go.const_data_ptr(), go.numel() == 1, weighted_mean ? loss.const_data_ptr() : nullptr,
                                   weighted_mean ? weight_sum.const_data_ptr() : nullptr,
                                   input_grad ? gi.mutable_data_ptr() : nullptr,
                                   weight_grad ? gw.mutable_data_ptr() : nullptr, stream));

@@ -70,7 +70,7 @@ __device__ __forceinline__ void fwd_element(const PixelCoeffs<acc_of<T>>& c, T x
                                             acc_of<T>& acc, acc_of<T>& wacc) {
   using acc_t = acc_of<T>;
   const acc_t d = to_acc(x) - to_acc(y);
-  acc_t v = pixel_value<true, true>(c, d);
+  acc_t v = pixel_value<true, kPieceBoth>(c, d);
   acc_t wi = acc_t(1);
   if (w != nullptr) {
     wi = to_acc(w[i]);
@@ -78,7 +78,7 @@ __device__ __forceinline__ void fwd_element(const PixelCoeffs<acc_of<T>>& c, T x
     wacc += wi;
   }
   acc += v;
-  if (grad != nullptr) grad[i] = from_acc<T>(grad_scale * wi * pixel_deriv<true, true>(c, d));
+  if (grad != nullptr) grad[i] = from_acc<T>(grad_scale * wi * pixel_deriv<true, kPieceBoth>(c, d));
 }
 
 template <typename T>
@@ -101,7 +101,7 @@ pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const
 #pragma unroll
       for (int j = 0; j < kN; ++j) {
         const acc_t d = to_acc(xv.v[j]) - to_acc(yv.v[j]);
-        acc_t v = pixel_value<true, true>(c, d);
+        acc_t v = pixel_value<true, kPieceBoth>(c, d);
         acc_t wj = acc_t(1);
         if (w != nullptr) {
           wj = to_acc(wv.v[j]);
@@ -109,7 +109,7 @@ pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const
           wacc += wj;
         }
         acc += v;
-        if (grad != nullptr) gv.v[j] = from_acc<T>(grad_scale * wj * pixel_deriv<true, true>(c, d));
+        if (grad != nullptr) gv.v[j] = from_acc<T>(grad_scale * wj * pixel_deriv<true, kPieceBoth>(c, d));
       }
       if (grad != nullptr) reinterpret_cast<Pack<T>*>(grad)[p] = gv;
     }
@@ -151,7 +151,7 @@ __global__ void pixel_fwd_none_kernel(const T* __restrict__ x, const T* __restri
   using acc_t = acc_of<T>;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    acc_t v = pixel_value<true, true>(c, to_acc(x[i]) - to_acc(y[i]));
+    acc_t v = pixel_value<true, kPieceBoth>(c, to_acc(x[i]) - to_acc(y[i]));
     if (w != nullptr) v *= to_acc(w[i]);
     out[i] = from_acc<T>(v);
   }
@@ -177,14 +177,16 @@ __global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
     const acc_t wi = w != nullptr ? to_acc(w[i]) : acc_t(1);
     if (gi != nullptr) {
       if (elementwise_go) {
-        gi[i] = from_acc<T>(to_acc(go[i]) * wi * pixel_deriv<true, true>(c, d));
+        gi[i] = from_acc<T>(to_acc(go[i]) * wi * pixel_deriv<true, kPieceBoth>(c, d));
+      } else if (reduction == kReduceNone) {  // broadcast grad_output: one rounding, as torch
+        gi[i] = from_acc<T>(post * wi * pixel_deriv<true, kPieceBoth>(c, d));
       } else {  // two roundings, as the forward-written gradient scaled in backward
-        gi[i] = from_acc<T>(to_acc(from_acc<T>(pre * wi * pixel_deriv<true, true>(c, d))) * post);
+        gi[i] = from_acc<T>(to_acc(from_acc<T>(pre * wi * pixel_deriv<true, kPieceBoth>(c, d))) * post);
       }
     }
     if (gw != nullptr) {
       const acc_t s = elementwise_go ? to_acc(go[i]) : wscale;
-      gw[i] = from_acc<T>(pixel_weight_grad<acc_t>(reduction, s, pixel_value<true, true>(c, d), loss_v));
+      gw[i] = from_acc<T>(pixel_weight_grad<acc_t>(reduction, s, pixel_value<true, kPieceBoth>(c, d), loss_v));
     }
   }
 }
@@ -210,8 +212,9 @@ cudaError_t dispatch_dtype(PixelDType dt, F&& f) {
 
 template <typename acc_t>
 PixelCoeffs<acc_t> coeffs_of(const PixelLaunch& a) {
-  return PixelCoeffs<acc_t>{acc_t(a.l1), acc_t(a.mse), acc_t(a.charbonnier), acc_t(a.huber),
-                            acc_t(a.smooth_l1), acc_t(a.eps * a.eps), acc_t(a.delta), acc_t(a.beta)};
+  return fold_smooth_l1(PixelCoeffs<acc_t>{acc_t(a.l1), acc_t(a.mse), acc_t(a.charbonnier),
+                                           acc_t(a.huber), acc_t(a.smooth_l1), acc_t(a.eps * a.eps),
+                                           acc_t(a.delta), acc_t(a.beta)});
 }
 
 }  // namespace
@@ -257,7 +260,8 @@ cudaError_t launch_pixel_fwd_none(const PixelLaunch& a, void* out, cudaStream_t 
   });
 }
 
-cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, const void* loss,
+cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, bool go_scalar,
+                             const void* loss,
                            const void* wsum, void* grad_input, void* grad_weight,
                            cudaStream_t stream) {
   if (a.n == 0) return cudaSuccess;
@@ -265,7 +269,7 @@ cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, cons
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     pixel_bwd_kernel<T><<<elementwise_grid(a.n), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad_output), a.reduction == kReduceNone,
+        static_cast<const T*>(grad_output), a.reduction == kReduceNone && !go_scalar,
         static_cast<const T*>(a.input), static_cast<const T*>(a.target),
         static_cast<const T*>(a.weight), static_cast<const T*>(loss),
         static_cast<const acc_t*>(wsum), static_cast<T*>(grad_input),

@@ -30,8 +30,10 @@ cudaError_t launch_pixel_fwd_reduce(const PixelLaunch& a, void* loss, void* wsum
                                   void* scratch, int grid, cudaStream_t stream);
 // out[i] = w_i * l(d_i)
 cudaError_t launch_pixel_fwd_none(const PixelLaunch& a, void* out, cudaStream_t stream);
-// grad_output: one element, or n for reduction none. loss/wsum: forward outputs (device).
-cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, const void* loss,
+// grad_output: one element (go_scalar; for reduction none, a value broadcast to every element),
+// or n for reduction none. loss/wsum: forward outputs (device).
+cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, bool go_scalar,
+                             const void* loss,
                            const void* wsum, void* grad_input, void* grad_weight,
                            cudaStream_t stream);
 

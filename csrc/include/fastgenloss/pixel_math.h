@@ -39,12 +39,38 @@ struct PixelCoeffs {
 };
 
 // Which term families are present; the CPU kernels specialize on these at compile time so a
-// plain l1+mse loop has no sqrt and no branches. The CUDA kernels pass all-true: they are
+// plain l1+mse loop has no sqrt and no select. The CUDA kernels pass the widest set: they are
 // memory bound, and the zero-coefficient guards below keep the result exact.
+// Piecewise levels: 0 none, 1 huber only, 2 huber and smooth-l1 (kept apart only when both are
+// asked for with different thresholds: otherwise smooth_l1 is folded, see fold_smooth_l1).
+constexpr int kPieceNone = 0, kPieceHuber = 1, kPieceBoth = 2;
 struct PixelTermsUsed {
   bool sqrt_term;   // charbonnier
-  bool piecewise;   // huber or smooth_l1
+  int piecewise;    // kPieceNone, kPieceHuber or kPieceBoth
 };
+
+// smooth_l1_beta(d) = huber_beta(d) / beta for beta > 0, and |d| for beta = 0 (torch's
+// definitions), so a smooth-l1 term becomes a huber or an l1 term: one select, no division per
+// element. Returns the coefficients with smooth_l1 = 0 whenever that is possible.
+template <typename acc_t>
+FGL_HOST_DEVICE PixelCoeffs<acc_t> fold_smooth_l1(PixelCoeffs<acc_t> c) {
+  if (c.smooth_l1 == acc_t(0)) return c;
+  if (c.beta == acc_t(0)) {
+    c.l1 += c.smooth_l1;
+    c.smooth_l1 = acc_t(0);
+  } else if (c.huber == acc_t(0) || c.delta == c.beta) {
+    c.huber += c.smooth_l1 / c.beta;
+    c.delta = c.beta;
+    c.smooth_l1 = acc_t(0);
+  }
+  return c;
+}
+
+template <typename acc_t>
+FGL_HOST_DEVICE PixelTermsUsed pixel_terms_used(const PixelCoeffs<acc_t>& c) {
+  return {c.charbonnier != acc_t(0),
+          c.smooth_l1 != acc_t(0) ? kPieceBoth : (c.huber != acc_t(0) ? kPieceHuber : kPieceNone)};
+}
 
 template <typename acc_t>
 FGL_HOST_DEVICE acc_t fgl_abs(acc_t v) { return v < acc_t(0) ? -v : v; }
@@ -56,57 +82,54 @@ FGL_HOST_DEVICE acc_t fgl_sign(acc_t v) {
   return acc_t(v > acc_t(0)) - acc_t(v < acc_t(0));
 }
 
+// Adds coef*term, or nothing when coef is 0 (so 0 * inf never makes a NaN). Written as a select
+// of values computed unconditionally, so CPU loops vectorize into blends.
+template <typename acc_t>
+FGL_HOST_DEVICE acc_t fgl_term(acc_t coef, acc_t term) {
+  return coef != acc_t(0) ? coef * term : acc_t(0);
+}
+
 // l(d): the unweighted loss of one element.
-template <bool kSqrt, bool kPiecewise, typename acc_t>
+template <bool kSqrt, int kPiecewise, typename acc_t>
 FGL_HOST_DEVICE acc_t pixel_value(const PixelCoeffs<acc_t>& c, acc_t d) {
   const acc_t ad = fgl_abs(d);
   const acc_t d2 = d * d;
-  acc_t v = acc_t(0);
-  if (c.l1 != acc_t(0)) v += c.l1 * ad;
-  if (c.mse != acc_t(0)) v += c.mse * d2;
-  if constexpr (kSqrt) {
-    if (c.charbonnier != acc_t(0)) v += c.charbonnier * std::sqrt(d2 + c.eps2);
+  acc_t v = fgl_term(c.l1, ad) + fgl_term(c.mse, d2);
+  if constexpr (kSqrt) v += fgl_term(c.charbonnier, std::sqrt(d2 + c.eps2));
+  if constexpr (kPiecewise >= kPieceHuber) {
+    // torch: |d| < delta ? 0.5 d^2 : delta (|d| - 0.5 delta)
+    v += fgl_term(c.huber, ad < c.delta ? acc_t(0.5) * d2 : c.delta * (ad - acc_t(0.5) * c.delta));
   }
-  if constexpr (kPiecewise) {
-    if (c.huber != acc_t(0)) {
-      // torch: |d| < delta ? 0.5 d^2 : delta (|d| - 0.5 delta)
-      v += c.huber * (ad < c.delta ? acc_t(0.5) * d2 : c.delta * (ad - acc_t(0.5) * c.delta));
-    }
-    if (c.smooth_l1 != acc_t(0)) {
-      // torch: |d| < beta ? 0.5 d^2 / beta : |d| - 0.5 beta   (beta = 0 is l1)
-      v += c.smooth_l1 * (ad < c.beta ? acc_t(0.5) * d2 / c.beta : ad - acc_t(0.5) * c.beta);
-    }
+  if constexpr (kPiecewise >= kPieceBoth) {
+    // torch: |d| < beta ? 0.5 d^2 / beta : |d| - 0.5 beta   (beta = 0 is l1: the first branch
+    // is never taken, so its division by zero is never selected)
+    v += fgl_term(c.smooth_l1, ad < c.beta ? acc_t(0.5) * d2 / c.beta : ad - acc_t(0.5) * c.beta);
   }
   return v;
 }
 
 // dl/dd: the unweighted derivative; d/dinput = +dl/dd, d/dtarget = -dl/dd.
-template <bool kSqrt, bool kPiecewise, typename acc_t>
+template <bool kSqrt, int kPiecewise, typename acc_t>
 FGL_HOST_DEVICE acc_t pixel_deriv(const PixelCoeffs<acc_t>& c, acc_t d) {
-  acc_t g = acc_t(0);
-  if (c.l1 != acc_t(0)) g += c.l1 * fgl_sign(d);
-  if (c.mse != acc_t(0)) g += c.mse * acc_t(2) * d;
+  const acc_t sgn = fgl_sign(d);
+  acc_t g = fgl_term(c.l1, sgn) + fgl_term(c.mse, acc_t(2) * d);
   if constexpr (kSqrt) {
-    if (c.charbonnier != acc_t(0)) {
-      const acc_t r = std::sqrt(d * d + c.eps2);
-      g += c.charbonnier * (r > acc_t(0) ? d / r : acc_t(0));  // eps = 0, d = 0: subgradient 0
-    }
+    const acc_t r = std::sqrt(d * d + c.eps2);
+    g += fgl_term(c.charbonnier, r > acc_t(0) ? d / r : acc_t(0));  // eps = d = 0: subgradient 0
   }
-  if constexpr (kPiecewise) {
-    if (c.huber != acc_t(0)) {
-      // torch: clamp(d, -delta, delta)
-      g += c.huber * (d < -c.delta ? -c.delta : (d > c.delta ? c.delta : d));
-    }
-    if (c.smooth_l1 != acc_t(0)) {
-      // torch: d < -beta ? -1 : (d > beta ? 1 : d / beta)
-      g += c.smooth_l1 * (d < -c.beta ? acc_t(-1) : (d > c.beta ? acc_t(1) : d / c.beta));
-    }
+  if constexpr (kPiecewise >= kPieceHuber) {
+    // torch: clamp(d, -delta, delta)
+    g += fgl_term(c.huber, d < -c.delta ? -c.delta : (d > c.delta ? c.delta : d));
+  }
+  if constexpr (kPiecewise >= kPieceBoth) {
+    // torch: |d| < beta ? d / beta : sign(d)
+    g += fgl_term(c.smooth_l1, fgl_abs(d) < c.beta ? d / c.beta : sgn);
   }
   return g;
 }
 
-// The denominator a reduction divides the weighted sum by. `numel` is the element count,
-// `wsum` the sum of weights (only read for the weight-normalized reductions).
+// The loss of a scalar reduction from the weighted sum `total`, the sum of weights `wsum` (only
+// read by the weight-normalized means) and the element count.
 template <typename acc_t>
 FGL_HOST_DEVICE acc_t pixel_reduce_finish(int64_t reduction, acc_t total, acc_t wsum, int64_t numel) {
   switch (reduction) {

@@ -13,12 +13,14 @@ struct PixelParams {
   double eps, delta, beta;
   int64_t reduction;
 
+  // The kernels' coefficients, smooth-l1 folded into huber or l1 where it can be.
   template <typename acc_t>
   PixelCoeffs<acc_t> coeffs() const {
-    return PixelCoeffs<acc_t>{acc_t(l1), acc_t(mse), acc_t(charbonnier), acc_t(huber),
-                              acc_t(smooth_l1), acc_t(eps * eps), acc_t(delta), acc_t(beta)};
+    return fold_smooth_l1(PixelCoeffs<acc_t>{acc_t(l1), acc_t(mse), acc_t(charbonnier),
+                                             acc_t(huber), acc_t(smooth_l1), acc_t(eps * eps),
+                                             acc_t(delta), acc_t(beta)});
   }
-  PixelTermsUsed terms() const { return {charbonnier != 0.0, huber != 0.0 || smooth_l1 != 0.0}; }
+  PixelTermsUsed terms() const { return pixel_terms_used(coeffs<double>()); }
 };
 
 // Backstop checks for direct op calls (the Python API checks first, with its own names).
@@ -34,6 +36,10 @@ at::Tensor dense_input(const at::Tensor& input);
 // already matches, otherwise a copy. Used for target, weight (broadcast weights arrive
 // expanded, with zero strides) and per-element grad_output.
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);
+
+// True when every element of t is one value seen through zero strides (an expanded scalar, as
+// autograd passes to a reduction="none" op under .mean() or .sum()).
+bool broadcast_scalar(const at::Tensor& t);
 
 // Outputs of pixel_fwd: (loss, grad, weight_sum). See csrc/ops.cpp for their meaning.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
