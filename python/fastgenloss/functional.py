@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._ops import (REDUCE_MASKED_MEAN, REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM,
-                   REDUCE_WEIGHT_MEAN)
+                   REDUCE_WEIGHT_MEAN, PixelFwdFunction)
 
 __all__ = [
     "charbonnier_loss",
@@ -109,16 +109,21 @@ def _fused(fn: str, input: Tensor, target: Tensor, weight, *, l1=0.0, mse=0.0,
     # The forward writes the input gradient in the same pass when one will be needed and the
     # loss is a scalar. The weight-normalized means leave a division by sum(w) to backward,
     # which would lose bits in half precision, so they recompute there instead.
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or target.requires_grad or (w is not None and w.requires_grad))
     write_grad = (
-        reduction != REDUCE_NONE
-        and torch.is_grad_enabled()
+        needs_grad
+        and reduction != REDUCE_NONE
         and (input.requires_grad or target.requires_grad)
         and (reduction in (REDUCE_MEAN, REDUCE_SUM)
              or input.dtype in (torch.float32, torch.float64))
     )
-    loss, _, _ = torch.ops.fastgenloss.pixel_fwd(
-        input, target, w, float(l1), float(mse), float(charbonnier), float(huber),
-        float(smooth_l1), float(eps), float(delta), float(beta), reduction, write_grad)
+    args = (input, target, w, float(l1), float(mse), float(charbonnier), float(huber),
+            float(smooth_l1), float(eps), float(delta), float(beta), reduction, write_grad)
+    if needs_grad and not torch.compiler.is_compiling():
+        loss, _, _ = PixelFwdFunction.apply(*args)  # eager: same op and formula, less overhead
+    else:
+        loss, _, _ = torch.ops.fastgenloss.pixel_fwd(*args)
     return loss
 
 
