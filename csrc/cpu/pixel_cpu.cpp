@@ -17,6 +17,15 @@
 namespace fastgenloss {
 namespace {
 
+// The hot loops are compiled twice, for AVX2 and for the x86-64 baseline, and the CPU picks one
+// at load time (an ifunc). Functions they inline are compiled inside each clone; out-of-line
+// code keeps the baseline ISA, so nothing AVX2 can leak into the baseline path.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FGL_CPU_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define FGL_CPU_MULTIVERSION
+#endif
+
 constexpr int64_t kBlock = 8192;       // elements per deterministic partial sum
 constexpr int64_t kGrainElems = 32768; // below this, one thread does the whole loop
 
@@ -46,7 +55,7 @@ void dispatch_bool(bool b, F&& f) {
 // Sum of w*l over one block (and of w), optionally writing grad_scale*w*dl/dd.
 // kLanes independent accumulators let the compiler keep the loop in vector registers.
 template <typename scalar_t, bool kSqrt, int kPiece, bool kWeight, bool kGrad>
-void pixel_block_fwd(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+FGL_CPU_MULTIVERSION void pixel_block_fwd(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
                      const scalar_t* __restrict__ w, scalar_t* __restrict__ g, int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
                      acc_type_t<scalar_t> grad_scale, double* sum_out, double* wsum_out) {
   using acc_t = acc_type_t<scalar_t>;
@@ -134,6 +143,19 @@ void pixel_fwd_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor
   if (wsum_t) wsum_t->fill_(wsum);
 }
 
+template <typename scalar_t, bool kS, int kP, bool kW>
+FGL_CPU_MULTIVERSION void pixel_none_range(const scalar_t* __restrict__ x,
+                                           const scalar_t* __restrict__ y,
+                                           const scalar_t* __restrict__ w,
+                                           scalar_t* __restrict__ out, int64_t i0, int64_t i1,
+                                           const PixelCoeffs<acc_type_t<scalar_t>>& c) {
+  using acc_t = acc_type_t<scalar_t>;
+  for (int64_t i = i0; i < i1; ++i) {
+    const acc_t v = pixel_value<kS, kP>(c, acc_t(x[i]) - acc_t(y[i]));
+    out[i] = scalar_t(kW ? acc_t(w[i]) * v : v);
+  }
+}
+
 template <typename scalar_t>
 void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* w,
                     const PixelParams& p, at::Tensor& out) {
@@ -144,16 +166,11 @@ void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* 
   const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   dispatch_terms(p.terms(), [&](auto S, auto P) {
-    constexpr bool kS = decltype(S)::value;
-    constexpr int kP = decltype(P)::value;
-    at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t i0, int64_t i1) {
-      if (wp) {
-        for (int64_t i = i0; i < i1; ++i)
-          op[i] = scalar_t(acc_t(wp[i]) * pixel_value<kS, kP>(c, acc_t(xp[i]) - acc_t(yp[i])));
-      } else {
-        for (int64_t i = i0; i < i1; ++i)
-          op[i] = scalar_t(pixel_value<kS, kP>(c, acc_t(xp[i]) - acc_t(yp[i])));
-      }
+    dispatch_bool(wp != nullptr, [&](auto W) {
+      at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t i0, int64_t i1) {
+        pixel_none_range<scalar_t, decltype(S)::value, decltype(P)::value, decltype(W)::value>(
+            xp, yp, wp, op, i0, i1, c);
+      });
     });
   });
 }
@@ -166,7 +183,7 @@ constexpr int kGoReduced = 0, kGoElementwise = 1, kGoBroadcast = 2;
 // grad_input of a range. Reduced: post * round(pre * w * dl/dd), the same two roundings as the
 // forward-written gradient. Reduction none: g * w * dl/dd, rounded once, as torch.
 template <typename scalar_t, bool kS, int kP, bool kW, int kGo>
-void pixel_grad_input_range(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
+FGL_CPU_MULTIVERSION void pixel_grad_input_range(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
                             const scalar_t* __restrict__ y, const scalar_t* __restrict__ w,
                             scalar_t* __restrict__ gi, int64_t i0, int64_t i1,
                             const PixelCoeffs<acc_type_t<scalar_t>>& c, acc_type_t<scalar_t> pre,
@@ -291,8 +308,10 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
   if (reduction == kReduceNone) {
     TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
                 grad_output.sizes(), " must have input's shape ", input.sizes());
-    go = broadcast_scalar(grad_output) ? grad_output.to(input.scalar_type()).reshape({-1}).narrow(0, 0, 1).contiguous()
-                                       : match_layout(grad_output.to(input.scalar_type()), x);
+    // an expanded scalar is read through its first element, never materialized
+    go = broadcast_scalar(grad_output)
+             ? grad_output.as_strided({1}, {1}).to(input.scalar_type()).contiguous()
+             : match_layout(grad_output.to(input.scalar_type()), x);
   } else {
     TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
                 grad_output.sizes());

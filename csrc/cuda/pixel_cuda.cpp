@@ -88,8 +88,10 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cuda(
   if (reduction == kReduceNone) {
     TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
                 grad_output.sizes(), " must have input's shape ", input.sizes());
-    go = broadcast_scalar(grad_output) ? grad_output.to(input.scalar_type()).reshape({-1}).narrow(0, 0, 1).contiguous()
-                                       : match_layout(grad_output.to(input.scalar_type()), x);
+    // an expanded scalar is read through its first element, never materialized
+    go = broadcast_scalar(grad_output)
+             ? grad_output.as_strided({1}, {1}).to(input.scalar_type()).contiguous()
+             : match_layout(grad_output.to(input.scalar_type()), x);
   } else {
     TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
                 grad_output.sizes());
