@@ -78,6 +78,17 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> i
     return None
 
 
+def allow_many_compiles(limit: int = 256) -> None:
+    """Benchmarks compile one reference for many sizes and dtypes; past dynamo's default limit of
+    8 recompiles per function it silently runs eager instead, which would make the "compile"
+    column time eager code. Raise the limit (the name changed across torch versions)."""
+    import torch._dynamo
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+
+
 def time_ms(fn: Callable[[], object], device: str | torch.device, *, warmup: int = 3,
             min_time_s: float = 0.2, max_reps: int = 200) -> float:
     """Median milliseconds of fn() (device events on CUDA, a synchronized wall clock on CPU)."""
