@@ -69,6 +69,32 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
   return at::empty_like(like, t.options()).copy_(t);
 }
 
+PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
+                             const std::optional<at::Tensor>& weight, const PixelParams& p) {
+  check_pixel_args(op, input, target, weight, p);
+  PixelOperands o{dense_input(input), at::Tensor(), std::nullopt};
+  o.y = match_layout(target, o.x);
+  if (weight.has_value()) o.w = match_layout(*weight, o.x);
+  return o;
+}
+
+at::Tensor pixel_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& x, int64_t reduction) {
+  TORCH_CHECK(grad_output.device() == input.device(), "fastgenloss::pixel_bwd: grad_output is on ",
+              grad_output.device(), " but input is on ", input.device());
+  if (reduction != kReduceNone) {
+    TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
+                grad_output.sizes());
+    return grad_output.to(input.scalar_type()).contiguous();
+  }
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
+              grad_output.sizes(), " must have input's shape ", input.sizes());
+  if (broadcast_scalar(grad_output)) {
+    return grad_output.as_strided({1}, {1}).to(input.scalar_type()).contiguous();
+  }
+  return match_layout(grad_output.to(input.scalar_type()), x);
+}
+
 }  // namespace fastgenloss
 
 TORCH_LIBRARY(fastgenloss, m) {

@@ -264,12 +264,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
     double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
     double delta, double beta, int64_t reduction, bool write_grad) {
   const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
-  check_pixel_args("fastgenloss::pixel_fwd", input, target, weight, p);
-  const at::Tensor x = dense_input(input);
-  const at::Tensor y = match_layout(target, x);
-  std::optional<at::Tensor> w;
-  if (weight.has_value()) w = match_layout(*weight, x);
-  const at::Tensor* wp = w.has_value() ? &*w : nullptr;
+  const PixelOperands o = pixel_operands("fastgenloss::pixel_fwd", input, target, weight, p);
+  const at::Tensor &x = o.x, &y = o.y;
+  const at::Tensor* wp = o.weight();
   const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 
@@ -298,30 +295,15 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
     double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
     double delta, double beta, int64_t reduction, bool input_grad, bool weight_grad) {
   const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
-  check_pixel_args("fastgenloss::pixel_bwd", input, target, weight, p);
   TORCH_CHECK(!weight_grad || weight.has_value(), "fastgenloss::pixel_bwd: weight_grad needs a weight");
-  const at::Tensor x = dense_input(input);
-  const at::Tensor y = match_layout(target, x);
-  std::optional<at::Tensor> w;
-  if (weight.has_value()) w = match_layout(*weight, x);
-  at::Tensor go;
-  if (reduction == kReduceNone) {
-    TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
-                grad_output.sizes(), " must have input's shape ", input.sizes());
-    // an expanded scalar is read through its first element, never materialized
-    go = broadcast_scalar(grad_output)
-             ? grad_output.as_strided({1}, {1}).to(input.scalar_type()).contiguous()
-             : match_layout(grad_output.to(input.scalar_type()), x);
-  } else {
-    TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
-                grad_output.sizes());
-    go = grad_output.to(input.scalar_type()).contiguous();
-  }
+  const PixelOperands o = pixel_operands("fastgenloss::pixel_bwd", input, target, weight, p);
+  const at::Tensor &x = o.x, &y = o.y;
+  const at::Tensor go = pixel_grad_output(grad_output, input, x, reduction);
   at::Tensor gi = input_grad ? at::empty_like(x) : empty0(input);
   at::Tensor gw = weight_grad ? at::empty_like(x) : empty0(input);
   if (x.numel() > 0 && (input_grad || weight_grad)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_bwd_cpu", [&] {
-      pixel_bwd_impl<scalar_t>(go, x, y, w.has_value() ? &*w : nullptr, loss, weight_sum, p,
+      pixel_bwd_impl<scalar_t>(go, x, y, o.weight(), loss, weight_sum, p,
                                input_grad ? &gi : nullptr, weight_grad ? &gw : nullptr);
     });
   }

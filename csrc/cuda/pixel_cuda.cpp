@@ -23,10 +23,9 @@ PixelDType pixel_dtype(at::ScalarType t) {
   }
 }
 
-PixelLaunch make_launch(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& w,
-                        const PixelParams& p) {
-  return PixelLaunch{pixel_dtype(x.scalar_type()), x.numel(), x.const_data_ptr(), y.const_data_ptr(),
-                     w.has_value() ? w->const_data_ptr() : nullptr,
+PixelLaunch make_launch(const PixelOperands& o, const PixelParams& p) {
+  return PixelLaunch{pixel_dtype(o.x.scalar_type()), o.x.numel(), o.x.const_data_ptr(),
+                     o.y.const_data_ptr(), o.w.has_value() ? o.w->const_data_ptr() : nullptr,
                      p.l1, p.mse, p.charbonnier, p.huber, p.smooth_l1, p.eps, p.delta, p.beta,
                      p.reduction};
 }
@@ -38,16 +37,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cuda(
     double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
     double delta, double beta, int64_t reduction, bool write_grad) {
   const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
-  check_pixel_args("fastgenloss::pixel_fwd", input, target, weight, p);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto stream = c10::cuda::getCurrentCUDAStream(input.device().index()).stream();
-  const at::Tensor x = dense_input(input);
-  const at::Tensor y = match_layout(target, x);
-  std::optional<at::Tensor> w;
-  if (weight.has_value()) w = match_layout(*weight, x);
+  const PixelOperands o = pixel_operands("fastgenloss::pixel_fwd", input, target, weight, p);
+  const at::Tensor& x = o.x;
   const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const PixelLaunch a = make_launch(x, y, w, p);
+  const PixelLaunch a = make_launch(o, p);
 
   at::Tensor loss, grad = at::empty({0}, input.options());
   at::Tensor wsum = at::empty(weighted_mean ? at::IntArrayRef{} : at::IntArrayRef{0},
@@ -74,34 +70,17 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cuda(
     double l1, double mse, double charbonnier, double huber, double smooth_l1, double eps,
     double delta, double beta, int64_t reduction, bool input_grad, bool weight_grad) {
   const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
-  check_pixel_args("fastgenloss::pixel_bwd", input, target, weight, p);
   TORCH_CHECK(!weight_grad || weight.has_value(), "fastgenloss::pixel_bwd: weight_grad needs a weight");
-  TORCH_CHECK(grad_output.device() == input.device(), "fastgenloss::pixel_bwd: grad_output is on ",
-              grad_output.device(), " but input is on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   const auto stream = c10::cuda::getCurrentCUDAStream(input.device().index()).stream();
-  const at::Tensor x = dense_input(input);
-  const at::Tensor y = match_layout(target, x);
-  std::optional<at::Tensor> w;
-  if (weight.has_value()) w = match_layout(*weight, x);
-  at::Tensor go;
-  if (reduction == kReduceNone) {
-    TORCH_CHECK(grad_output.sizes() == input.sizes(), "fastgenloss::pixel_bwd: grad_output ",
-                grad_output.sizes(), " must have input's shape ", input.sizes());
-    // an expanded scalar is read through its first element, never materialized
-    go = broadcast_scalar(grad_output)
-             ? grad_output.as_strided({1}, {1}).to(input.scalar_type()).contiguous()
-             : match_layout(grad_output.to(input.scalar_type()), x);
-  } else {
-    TORCH_CHECK(grad_output.numel() == 1, "fastgenloss::pixel_bwd: grad_output must be a scalar, got ",
-                grad_output.sizes());
-    go = grad_output.to(input.scalar_type()).contiguous();
-  }
+  const PixelOperands o = pixel_operands("fastgenloss::pixel_bwd", input, target, weight, p);
+  const at::Tensor& x = o.x;
+  const at::Tensor go = pixel_grad_output(grad_output, input, x, reduction);
   const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
   at::Tensor gi = input_grad ? at::empty_like(x) : at::empty({0}, input.options());
   at::Tensor gw = weight_grad ? at::empty_like(x) : at::empty({0}, input.options());
   if (input_grad || weight_grad) {
-    const PixelLaunch a = make_launch(x, y, w, p);
+    const PixelLaunch a = make_launch(o, p);
     C10_CUDA_CHECK(launch_pixel_bwd(a, go.const_data_ptr(), go.numel() == 1, weighted_mean ? loss.const_data_ptr() : nullptr,
                                   weighted_mean ? weight_sum.const_data_ptr() : nullptr,
                                   input_grad ? gi.mutable_data_ptr() : nullptr,

@@ -41,6 +41,20 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);
 // autograd passes to a reduction="none" op under .mean() or .sum()).
 bool broadcast_scalar(const at::Tensor& t);
 
+// input, target and weight, checked and laid out alike for a linear walk over their storage.
+struct PixelOperands {
+  at::Tensor x, y;
+  std::optional<at::Tensor> w;
+  const at::Tensor* weight() const { return w.has_value() ? &*w : nullptr; }
+};
+PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
+                             const std::optional<at::Tensor>& weight, const PixelParams& p);
+
+// pixel_bwd's grad_output, checked and in input's dtype: one element for a scalar reduction
+// or a broadcast scalar (read in place, never materialized), otherwise laid out like x.
+at::Tensor pixel_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& x, int64_t reduction);
+
 // Outputs of pixel_fwd: (loss, grad, weight_sum). See csrc/ops.cpp for their meaning.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
