@@ -112,11 +112,14 @@ def run(args) -> int:
                 failures += not ok
                 mem = ("-" if pk_ours is None or pk_ref is None
                        else f"{pk_ours / 2**20:.0f} / {pk_ref / 2**20:.0f}")
+                comp_ms = f"{t['compile']:8.3f}" if compiled is not None else f"{'-':>8}"
+                comp_x = (f"{t['compile'] / t['ours']:7.2f}x" if compiled is not None
+                          else f"{'-':>8}")
                 print(f"{case.name:<16} {SIZE_NAMES.get(numel, str(numel)):>12} "
                       f"{str(dtype)[6:]:>8} | {errs['ours'][0]:8.1e} {errs['ours'][1]:8.1e} "
                       f"{errs['torch'][0]:8.1e} {errs['torch'][1]:8.1e} | {t['ours']:8.3f} "
-                      f"{t['eager']:8.3f} {t['compile']:8.3f} | {t['eager'] / t['ours']:7.2f}x "
-                      f"{t['compile'] / t['ours']:7.2f}x | {mem:>18}{'' if ok else '  ERROR'}",
+                      f"{t['eager']:8.3f} {comp_ms} | {t['eager'] / t['ours']:7.2f}x "
+                      f"{comp_x} | {mem:>18}{'' if ok else '  ERROR'}",
                       flush=True)
                 results.append((case.name, numel, dtype, t))
                 del x, y, w
@@ -142,6 +145,8 @@ def plot(results, path: str, title: str) -> None:
         for name, numel, dtype, t in results:
             series.setdefault((name, str(dtype)[6:]), []).append((numel, t[other] / t["ours"]))
         for (name, dt), pts in series.items():
+            if any(p[1] != p[1] for p in pts):  # compile column skipped (--no-compile)
+                continue
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name} {dt}")
         ax.set_xscale("log", base=2)
