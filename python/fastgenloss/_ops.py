@@ -123,8 +123,8 @@ torch.library.register_autograd(
 # ---- pixel_bwd: double backward -------------------------------------------------------------
 # Second derivatives are rare in loss training (gradient penalties differentiate a network, not
 # the loss), so they are not worth kernels; but they must be right. pixel_bwd's backward
-# rebuilds its outputs from differentiable torch ops (the formulas of pixel_math.h) and
-# differentiates those, which is correct to any order.
+# rebuilds its outputs from differentiable torch ops (the formulas of pixel_math.h) on detached
+# copies of its inputs and differentiates those: exact second derivatives; a third order raises.
 
 def _pixel_terms_torch(d, params):
     """(l(d), dl/dd) from torch ops, term by term as in pixel_math.h."""
