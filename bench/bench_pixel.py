@@ -36,6 +36,34 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def min_bytes(passes: str, numel: int, weight_numel: int, elem_size: int) -> int:
+    """The fewest bytes each pass must move under autograd's contract (grad_output is unknown
+    during the forward): fwd reads input, target (and weight) once; bwd reads them again and
+    writes the input gradient, or reads and writes a gradient the forward wrote. Either way
+    fwd+bwd moves at least (5 n + w) elements; fwd alone (2 n + w); bwd alone (2 n)."""
+    n, w = numel, weight_numel
+    per_pass = {"fwd": 2 * n + w, "bwd": 2 * n, "fwd+bwd": 5 * n + w}
+    return per_pass[passes] * elem_size
+
+
+@pytest.mark.parametrize("dtype", bench_dtypes(), ids=lambda d: str(d).removeprefix("torch."))
+def test_copy_bandwidth(benchmark, dtype):
+    """The device's copy rate, the ceiling the loss kernels are judged against: a large
+    device-to-device copy, counting bytes read plus bytes written."""
+    numel = max(bench_sizes())
+    src = torch.randn(numel, device=DEVICE).to(dtype)
+    dst = torch.empty_like(src)
+    benchmark.group = f"copy {str(dtype)[6:]} {DEVICE}"
+    benchmark.extra_info.update(case="copy", passes="copy", impl="copy", numel=numel,
+                                dtype=str(dtype)[6:], device=DEVICE,
+                                bytes=2 * numel * src.element_size())
+
+    def run():
+        dst.copy_(src)
+        _sync()
+    benchmark(run)
+
+
 @pytest.mark.parametrize("dtype", bench_dtypes(), ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("numel", bench_sizes(), ids=lambda n: SIZE_NAMES.get(n, str(n)))
 @pytest.mark.parametrize("impl", bench_impls())
@@ -50,7 +78,9 @@ def test_pixel(benchmark, case_name, passes, impl, numel, dtype):
                                 dtype=str(dtype)[6:], device=DEVICE,
                                 device_name=(torch.cuda.get_device_name() if DEVICE == "cuda"
                                              else "cpu"),
-                                threads=torch.get_num_threads(), torch=torch.__version__)
+                                threads=torch.get_num_threads(), torch=torch.__version__,
+                                bytes=min_bytes(passes, numel, 0 if w is None else w.numel(),
+                                                x.element_size()))
 
     if passes == "fwd":
         def run():

@@ -1,5 +1,7 @@
 """Turn a pytest-benchmark JSON of bench_pixel.py into a markdown table: median ms per
-(loss, size, dtype) for fastgenloss / eager reference / torch.compile, speedups, peak memory.
+(loss, size, dtype) for fastgenloss / eager reference / torch.compile, speedups, peak memory,
+and fastgenloss's rate over the fewest bytes the pass must move as a share of the measured copy
+rate (test_copy_bandwidth) of the same dtype.
 
     python bench/report.py results.json > table.md
 """
@@ -15,18 +17,28 @@ def main(path: str) -> None:
     data = json.load(open(path))
     rows = defaultdict(dict)
     meta = {}
+    copy_rate = {}  # dtype -> bytes per second
+    min_bytes = {}
     for b in data["benchmarks"]:
         e = b["extra_info"]
+        if e["case"] == "copy":
+            copy_rate[e["dtype"]] = e["bytes"] / b["stats"]["median"]
+            continue
         key = (e["case"], e["numel"], e["dtype"])
         rows[key][(e["impl"], e["passes"])] = (b["stats"]["median"] * 1e3, e.get("peak_mem_bytes"))
+        min_bytes[key + (e["passes"],)] = e.get("bytes")
         meta = e
     mi = data.get("machine_info", {})
     print(f"Device: {meta.get('device_name')} ({meta.get('device')}), threads {meta.get('threads')}, "
           f"torch {meta.get('torch')}, CPU {mi.get('cpu', {}).get('brand_raw', '?')}, "
-          f"date {data.get('datetime', '?')[:10]}\n")
+          f"date {data.get('datetime', '?')[:10]}")
+    for dt, rate in sorted(copy_rate.items()):
+        print(f"\nMeasured copy rate ({dt}, read + write): {rate / 1e9:.1f} GB/s")
+    print("\n% copy: fastgenloss's rate over the fewest bytes the pass must move "
+          "(bench_pixel.min_bytes), as a share of the copy rate.\n")
     print("| loss | elements | dtype | pass | fastgenloss ms | reference ms | compile ms "
-          "| vs ref | vs compile | peak MB ours / ref / compile |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| vs ref | vs compile | % copy | peak MB ours / ref / compile |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted(rows, key=lambda k: (k[0], k[1], k[2])):
         r = rows[key]
         for passes in ("fwd", "bwd", "fwd+bwd"):
@@ -46,8 +58,12 @@ def main(path: str) -> None:
             if passes == "fwd+bwd":
                 mb = [f"{v[1] / 2**20:.0f}" if v and v[1] is not None else "-" for v in (ours, ref, comp)]
                 mem = " / ".join(mb)
+            pct = "-"
+            nbytes = min_bytes.get(key + (passes,))
+            if nbytes and key[2] in copy_rate:
+                pct = f"{100 * nbytes / (ours[0] / 1e3) / copy_rate[key[2]]:.0f}%"
             print(f"| {key[0]} | {key[1]} | {key[2]} | {passes} | {fmt(ours)} | {fmt(ref)} | "
-                  f"{fmt(comp)} | {speed(ref)} | {speed(comp)} | {mem} |")
+                  f"{fmt(comp)} | {speed(ref)} | {speed(comp)} | {pct} | {mem} |")
 
 
 if __name__ == "__main__":
