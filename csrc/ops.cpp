@@ -19,6 +19,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
 #include "fastgenloss/pixel_ops.h"
 
 namespace fastgenloss {
@@ -69,12 +73,47 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
   return at::empty_like(like, t.options()).copy_(t);
 }
 
+std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tensor& x) {
+  if (w.sizes() == x.sizes() && w.strides() == x.strides()) return std::nullopt;  // linear
+  // x's dims in memory order (x is dense: its strides sorted descending give that order).
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (x.size(d) > 1) dims.push_back(d);
+  }
+  std::stable_sort(dims.begin(), dims.end(),
+                   [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+  std::vector<int64_t> size, stride;
+  for (const int64_t d : dims) {
+    const int64_t s = x.size(d), ws = w.stride(d);
+    // merge into the previous (outer) dim when the weight walks both as one
+    if (!size.empty() && stride.back() == ws * s) {
+      size.back() *= s;
+      stride.back() = ws;
+    } else {
+      size.push_back(s);
+      stride.push_back(ws);
+    }
+  }
+  if (size.empty() || size.size() > size_t(kMaxIndexDims)) return std::nullopt;
+  if (stride.back() != 0 && stride.back() != 1) return std::nullopt;
+  WeightIndex idx;
+  idx.ndim = int(size.size());
+  std::copy(size.begin(), size.end(), idx.size);
+  std::copy(stride.begin(), stride.end(), idx.stride);
+  return idx;
+}
+
 PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, const PixelParams& p) {
   check_pixel_args(op, input, target, weight, p);
-  PixelOperands o{dense_input(input), at::Tensor(), std::nullopt};
+  PixelOperands o{dense_input(input), at::Tensor(), std::nullopt, std::nullopt};
   o.y = match_layout(target, o.x);
-  if (weight.has_value()) o.w = match_layout(*weight, o.x);
+  if (weight.has_value()) {
+    o.windex = weight_index_for(*weight, o.x);
+    // read in place when an index can walk it (or it is already laid out like x), else copied
+    const bool linear = weight->sizes() == o.x.sizes() && weight->strides() == o.x.strides();
+    o.w = (o.windex.has_value() || linear) ? *weight : match_layout(*weight, o.x);
+  }
   return o;
 }
 

@@ -367,3 +367,46 @@ def test_reduction_none_then_mean_or_sum(dtype, weighted, device):
             lambda a, b, *c: post(ref.huber_loss(a, b, reduction="none", delta=0.7,
                                                  weight=c[0] if c else None)),
             [x, y] + ([w] if weighted else []), dtype)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("wshape", [(2, 1, 6, 7), (1, 5, 1, 1), (2, 5, 1, 7), (1, 1, 6, 1), (7,)],
+                         ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_broadcast_weight_read_in_place_any_layout(layout, wshape, reduction, masked, device):
+    """A broadcast weight is read through an index over the input's memory order (never
+    copied); that index must be right for every layout of the input."""
+    x0, y0 = rand_pair((2, 5, 6, 7), torch.float64, device, requires_grad=False)
+    x, y = _layout(x0, layout, 0).requires_grad_(), _layout(y0, layout, 1).requires_grad_()
+    w = (torch.rand(wshape, dtype=torch.float64, device=device) + 0.1).requires_grad_()
+    out = fgl.pixel_loss(x, y, l1=1.0, mse=0.5, charbonnier=0.2, weight=w, reduction=reduction,
+                         masked_mean=masked)
+    xr, yr, wr = (t.detach().clone().requires_grad_() for t in (x0, y0, w))
+    expect = ref.pixel_loss(xr, yr, l1=1.0, mse=0.5, charbonnier=0.2, weight=wr,
+                            reduction=reduction, masked_mean=masked)
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
+    go = torch.rand_like(expect)
+    got = torch.autograd.grad(out, [x, y, w], go)
+    want = torch.autograd.grad(expect, [xr, yr, wr], go)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_broadcast_mask_is_not_copied(device):
+    """fwd+bwd with a [N, 1, H, W] mask holds one input-sized gradient, not a copy of the mask
+    expanded to the input's size besides it."""
+    from fastgenloss._measure import peak_memory_bytes
+    x = torch.randn(4, 3, 256, 256, device=device, requires_grad=True)
+    y = torch.randn(4, 3, 256, 256, device=device)
+    mask = (torch.rand(4, 1, 256, 256, device=device) > 0.5).float()
+
+    def step():
+        fgl.pixel_loss(x, y, l1=1.0, weight=mask, masked_mean=True).backward()
+        x.grad = None
+
+    peak = peak_memory_bytes(step, device)
+    if peak is None:
+        pytest.skip("peak memory is not measurable on this platform")
+    one_grad = x.numel() * 4
+    assert peak <= one_grad * 1.25, f"peak {peak / one_grad:.2f} gradients"

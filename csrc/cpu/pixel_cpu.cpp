@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -52,64 +53,94 @@ void dispatch_bool(bool b, F&& f) {
   else f(std::false_type{});
 }
 
-// Sum of w*l over one block (and of w), optionally writing grad_scale*w*dl/dd.
-// kLanes independent accumulators let the compiler keep the loop in vector registers.
-template <typename scalar_t, bool kSqrt, int kPiece, bool kWeight, bool kGrad>
-FGL_CPU_MULTIVERSION void pixel_block_fwd(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
-                     const scalar_t* __restrict__ w, scalar_t* __restrict__ g, int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
-                     acc_type_t<scalar_t> grad_scale, double* sum_out, double* wsum_out) {
+// How a run of elements reads its weights: none; w[i] (laid out like the input); or one value
+// for the whole run (a broadcast dim innermost).
+constexpr int kWNone = 0, kWDense = 1, kWScalar = 2;
+
+template <int kW, typename scalar_t, typename acc_t>
+inline acc_t weight_at(const scalar_t* w, int64_t i) {
+  if constexpr (kW == kWDense) return acc_t(w[i]);
+  else if constexpr (kW == kWScalar) return acc_t(w[0]);
+  else return acc_t(1);
+}
+
+// Calls run(i0, i1, w_run, kind) over [b0, b1), split where the weight's innermost run ends;
+// within a call, element i's weight is weight_at<kind>(w_run, i - i0).
+template <typename scalar_t, typename F>
+void for_weight_runs(const scalar_t* w, const WeightIndex* idx, int64_t b0, int64_t b1, F&& run) {
+  if (w == nullptr) {
+    run(b0, b1, w, std::integral_constant<int, kWNone>{});
+  } else if (idx == nullptr) {
+    run(b0, b1, w + b0, std::integral_constant<int, kWDense>{});
+  } else {
+    const int64_t inner = idx->inner_size();
+    for (int64_t i = b0; i < b1;) {
+      const int64_t end = std::min(b1, (i / inner + 1) * inner);
+      if (idx->inner_stride() == 0) run(i, end, w + idx->offset(i), std::integral_constant<int, kWScalar>{});
+      else run(i, end, w + idx->offset(i), std::integral_constant<int, kWDense>{});
+      i = end;
+    }
+  }
+}
+
+constexpr int kLanes = 16;
+
+// Lane accumulators of one block: kLanes independent sums keep the loop in vector registers.
+template <typename acc_t>
+struct LaneSums {
+  acc_t v[kLanes] = {};
+  acc_t w[kLanes] = {};
+};
+
+// Adds w*l (and w) of one run to the lane sums, optionally writing grad_scale*w*dl/dd.
+template <typename scalar_t, bool kSqrt, int kPiece, int kW, bool kGrad>
+FGL_CPU_MULTIVERSION void pixel_run_fwd(const scalar_t* __restrict__ x,
+                                        const scalar_t* __restrict__ y,
+                                        const scalar_t* __restrict__ w, scalar_t* __restrict__ g,
+                                        int64_t len, const PixelCoeffs<acc_type_t<scalar_t>>& c,
+                                        acc_type_t<scalar_t> grad_scale,
+                                        LaneSums<acc_type_t<scalar_t>>& sums) {
   using acc_t = acc_type_t<scalar_t>;
-  constexpr int kLanes = 16;
-  acc_t acc[kLanes] = {};
-  acc_t wacc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
       const acc_t d = acc_t(x[i + j]) - acc_t(y[i + j]);
+      const acc_t wj = weight_at<kW, scalar_t, acc_t>(w, i + j);
       acc_t v = pixel_value<kSqrt, kPiece>(c, d);
-      acc_t wj = acc_t(1);
-      if constexpr (kWeight) {
-        wj = acc_t(w[i + j]);
+      if constexpr (kW != kWNone) {
         v *= wj;
-        wacc[j] += wj;
+        sums.w[j] += wj;
       }
-      acc[j] += v;
-      if constexpr (kGrad) {
-        g[i + j] = scalar_t(grad_scale * wj * pixel_deriv<kSqrt, kPiece>(c, d));
-      }
+      sums.v[j] += v;
+      if constexpr (kGrad) g[i + j] = scalar_t(grad_scale * wj * pixel_deriv<kSqrt, kPiece>(c, d));
     }
   }
+  // The tail (all of a run shorter than kLanes: a weight broadcast along short rows) spreads
+  // over the lanes too, so no single accumulator sums a whole block in sequence.
   for (; i < len; ++i) {
+    const int j = int(i % kLanes);
     const acc_t d = acc_t(x[i]) - acc_t(y[i]);
+    const acc_t wi = weight_at<kW, scalar_t, acc_t>(w, i);
     acc_t v = pixel_value<kSqrt, kPiece>(c, d);
-    acc_t wi = acc_t(1);
-    if constexpr (kWeight) {
-      wi = acc_t(w[i]);
+    if constexpr (kW != kWNone) {
       v *= wi;
-      wacc[0] += wi;
+      sums.w[j] += wi;
     }
-    acc[0] += v;
+    sums.v[j] += v;
     if constexpr (kGrad) g[i] = scalar_t(grad_scale * wi * pixel_deriv<kSqrt, kPiece>(c, d));
   }
-  double s = 0.0, ws = 0.0;
-  for (int j = 0; j < kLanes; ++j) {
-    s += double(acc[j]);
-    ws += double(wacc[j]);
-  }
-  *sum_out = s;
-  *wsum_out = ws;
 }
 
 template <typename scalar_t>
-void pixel_fwd_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor* w,
-                      at::Tensor* grad, const PixelParams& p, at::Tensor& loss,
-                      at::Tensor* wsum_t) {
+void pixel_fwd_reduce(const PixelOperands& o, at::Tensor* grad, const PixelParams& p,
+                      at::Tensor& loss, at::Tensor* wsum_t) {
   using acc_t = acc_type_t<scalar_t>;
-  const int64_t n = x.numel();
+  const int64_t n = o.x.numel();
   const auto c = p.coeffs<acc_t>();
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* yp = y.const_data_ptr<scalar_t>();
-  const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* xp = o.x.const_data_ptr<scalar_t>();
+  const scalar_t* yp = o.y.const_data_ptr<scalar_t>();
+  const scalar_t* wp = o.w.has_value() ? o.w->const_data_ptr<scalar_t>() : nullptr;
+  const WeightIndex* widx = o.weight_index();
   scalar_t* gp = grad ? grad->mutable_data_ptr<scalar_t>() : nullptr;
   // Mean and sum know their gradient scale now; the weighted means divide by sum(w) later.
   const acc_t grad_scale = pixel_grad_pre_scale<acc_t>(p.reduction, n);
@@ -117,19 +148,25 @@ void pixel_fwd_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(2 * nblocks, 0.0);
   dispatch_terms(p.terms(), [&](auto S, auto P) {
-    dispatch_bool(wp != nullptr, [&](auto W) {
-      dispatch_bool(gp != nullptr, [&](auto G) {
-        at::parallel_for(0, nblocks, std::max<int64_t>(1, kGrainElems / kBlock),
-                         [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            const int64_t off = b * kBlock;
-            const int64_t len = std::min(kBlock, n - off);
-            pixel_block_fwd<scalar_t, decltype(S)::value, decltype(P)::value, decltype(W)::value,
-                            decltype(G)::value>(
-                xp + off, yp + off, wp ? wp + off : nullptr, gp ? gp + off : nullptr, len, c,
-                grad_scale, &partial[2 * b], &partial[2 * b + 1]);
+    dispatch_bool(gp != nullptr, [&](auto G) {
+      at::parallel_for(0, nblocks, std::max<int64_t>(1, kGrainElems / kBlock),
+                       [&](int64_t blk0, int64_t blk1) {
+        for (int64_t b = blk0; b < blk1; ++b) {
+          const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock);
+          LaneSums<acc_t> sums;
+          for_weight_runs(wp, widx, b0, b1, [&](int64_t i0, int64_t i1, const scalar_t* w, auto W) {
+            pixel_run_fwd<scalar_t, decltype(S)::value, decltype(P)::value, decltype(W)::value,
+                          decltype(G)::value>(xp + i0, yp + i0, w, gp ? gp + i0 : nullptr, i1 - i0,
+                                              c, grad_scale, sums);
+          });
+          double s = 0.0, ws = 0.0;
+          for (int j = 0; j < kLanes; ++j) {
+            s += double(sums.v[j]);
+            ws += double(sums.w[j]);
           }
-        });
+          partial[2 * b] = s;
+          partial[2 * b + 1] = ws;
+        }
       });
     });
   });
@@ -138,38 +175,36 @@ void pixel_fwd_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor
     total += partial[2 * b];
     wsum += partial[2 * b + 1];
   }
-  const double result = pixel_reduce_finish<double>(p.reduction, total, wsum, n);
-  loss.fill_(result);
+  loss.fill_(pixel_reduce_finish<double>(p.reduction, total, wsum, n));
   if (wsum_t) wsum_t->fill_(wsum);
 }
 
-template <typename scalar_t, bool kS, int kP, bool kW>
-FGL_CPU_MULTIVERSION void pixel_none_range(const scalar_t* __restrict__ x,
-                                           const scalar_t* __restrict__ y,
-                                           const scalar_t* __restrict__ w,
-                                           scalar_t* __restrict__ out, int64_t i0, int64_t i1,
-                                           const PixelCoeffs<acc_type_t<scalar_t>>& c) {
+template <typename scalar_t, bool kS, int kP, int kW>
+FGL_CPU_MULTIVERSION void pixel_run_none(const scalar_t* __restrict__ x,
+                                         const scalar_t* __restrict__ y,
+                                         const scalar_t* __restrict__ w,
+                                         scalar_t* __restrict__ out, int64_t len,
+                                         const PixelCoeffs<acc_type_t<scalar_t>>& c) {
   using acc_t = acc_type_t<scalar_t>;
-  for (int64_t i = i0; i < i1; ++i) {
+  for (int64_t i = 0; i < len; ++i) {
     const acc_t v = pixel_value<kS, kP>(c, acc_t(x[i]) - acc_t(y[i]));
-    out[i] = scalar_t(kW ? acc_t(w[i]) * v : v);
+    out[i] = scalar_t(kW == kWNone ? v : weight_at<kW, scalar_t, acc_t>(w, i) * v);
   }
 }
 
 template <typename scalar_t>
-void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* w,
-                    const PixelParams& p, at::Tensor& out) {
+void pixel_fwd_none(const PixelOperands& o, const PixelParams& p, at::Tensor& out) {
   using acc_t = acc_type_t<scalar_t>;
   const auto c = p.coeffs<acc_t>();
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* yp = y.const_data_ptr<scalar_t>();
-  const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* xp = o.x.const_data_ptr<scalar_t>();
+  const scalar_t* yp = o.y.const_data_ptr<scalar_t>();
+  const scalar_t* wp = o.w.has_value() ? o.w->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   dispatch_terms(p.terms(), [&](auto S, auto P) {
-    dispatch_bool(wp != nullptr, [&](auto W) {
-      at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t i0, int64_t i1) {
-        pixel_none_range<scalar_t, decltype(S)::value, decltype(P)::value, decltype(W)::value>(
-            xp, yp, wp, op, i0, i1, c);
+    at::parallel_for(0, o.x.numel(), kGrainElems, [&](int64_t b0, int64_t b1) {
+      for_weight_runs(wp, o.weight_index(), b0, b1, [&](int64_t i0, int64_t i1, const scalar_t* w, auto W) {
+        pixel_run_none<scalar_t, decltype(S)::value, decltype(P)::value, decltype(W)::value>(
+            xp + i0, yp + i0, w, op + i0, i1 - i0, c);
       });
     });
   });
@@ -180,18 +215,20 @@ void pixel_fwd_none(const at::Tensor& x, const at::Tensor& y, const at::Tensor* 
 // expanded scalar, which is read in place rather than materialized).
 constexpr int kGoReduced = 0, kGoElementwise = 1, kGoBroadcast = 2;
 
-// grad_input of a range. Reduced: post * round(pre * w * dl/dd), the same two roundings as the
+// grad_input of a run. Reduced: post * round(pre * w * dl/dd), the same two roundings as the
 // forward-written gradient. Reduction none: g * w * dl/dd, rounded once, as torch.
-template <typename scalar_t, bool kS, int kP, bool kW, int kGo>
-FGL_CPU_MULTIVERSION void pixel_grad_input_range(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
-                            const scalar_t* __restrict__ y, const scalar_t* __restrict__ w,
-                            scalar_t* __restrict__ gi, int64_t i0, int64_t i1,
-                            const PixelCoeffs<acc_type_t<scalar_t>>& c, acc_type_t<scalar_t> pre,
-                            acc_type_t<scalar_t> post) {
+template <typename scalar_t, bool kS, int kP, int kW, int kGo>
+FGL_CPU_MULTIVERSION void pixel_run_grad_input(const scalar_t* __restrict__ go,
+                                               const scalar_t* __restrict__ x,
+                                               const scalar_t* __restrict__ y,
+                                               const scalar_t* __restrict__ w,
+                                               scalar_t* __restrict__ gi, int64_t len,
+                                               const PixelCoeffs<acc_type_t<scalar_t>>& c,
+                                               acc_type_t<scalar_t> pre, acc_type_t<scalar_t> post) {
   using acc_t = acc_type_t<scalar_t>;
-  for (int64_t i = i0; i < i1; ++i) {
+  for (int64_t i = 0; i < len; ++i) {
     const acc_t d = acc_t(x[i]) - acc_t(y[i]);
-    const acc_t wi = kW ? acc_t(w[i]) : acc_t(1);
+    const acc_t wi = weight_at<kW, scalar_t, acc_t>(w, i);
     if constexpr (kGo == kGoElementwise) {
       gi[i] = scalar_t(acc_t(go[i]) * wi * pixel_deriv<kS, kP>(c, d));
     } else if constexpr (kGo == kGoBroadcast) {
@@ -204,19 +241,18 @@ FGL_CPU_MULTIVERSION void pixel_grad_input_range(const scalar_t* __restrict__ go
 
 // grad_input = d(loss)/d(input) and grad_weight = d(loss)/d(weight), from grad_output.
 template <typename scalar_t>
-void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor& y,
-                    const at::Tensor* w, const at::Tensor& loss, const at::Tensor& wsum_t,
-                    const PixelParams& p, at::Tensor* gi, at::Tensor* gw) {
+void pixel_bwd_impl(const at::Tensor& go, const PixelOperands& o, const at::Tensor& loss,
+                    const at::Tensor& wsum_t, const PixelParams& p, at::Tensor* gi, at::Tensor* gw) {
   using acc_t = acc_type_t<scalar_t>;
-  const int64_t n = x.numel();
+  const int64_t n = o.x.numel();
   const auto c = p.coeffs<acc_t>();
   const bool elementwise_go = p.reduction == kReduceNone && go.numel() != 1;
   const int go_mode = p.reduction != kReduceNone ? kGoReduced
                       : (elementwise_go ? kGoElementwise : kGoBroadcast);
   const scalar_t* gop = go.const_data_ptr<scalar_t>();
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* yp = y.const_data_ptr<scalar_t>();
-  const scalar_t* wp = w ? w->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* xp = o.x.const_data_ptr<scalar_t>();
+  const scalar_t* yp = o.y.const_data_ptr<scalar_t>();
+  const scalar_t* wp = o.w.has_value() ? o.w->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* gip = gi ? gi->mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* gwp = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
   const bool weighted_mean = p.reduction == kReduceWeightMean || p.reduction == kReduceMaskedMean;
@@ -224,26 +260,27 @@ void pixel_bwd_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor&
   const acc_t loss_v = (weighted_mean && gwp) ? acc_t(loss.item<double>()) : acc_t(0);
   const acc_t go0 = elementwise_go ? acc_t(0) : acc_t(gop[0]);
   const acc_t pre = pixel_grad_pre_scale<acc_t>(p.reduction, n);
+  // (for reduction none with a broadcast grad_output, post_scale is go0 itself)
   const acc_t post = elementwise_go ? acc_t(0) : pixel_grad_post_scale<acc_t>(p.reduction, go0, wsum);
-  // (reduction none with a broadcast grad_output: post_scale of kReduceNone is go0 itself)
   const acc_t wscale = elementwise_go ? acc_t(0) : pixel_reduce_scale<acc_t>(p.reduction, go0, wsum, n);
   dispatch_terms(p.terms(), [&](auto S, auto P) {
     constexpr bool kS = decltype(S)::value;
     constexpr int kP = decltype(P)::value;
     if (gip) {
-      dispatch_bool(wp != nullptr, [&](auto W) {
-        auto run = [&](auto G) {
-          at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
-            pixel_grad_input_range<scalar_t, kS, kP, decltype(W)::value, decltype(G)::value>(
-                gop, xp, yp, wp, gip, i0, i1, c, pre, post);
+      auto with_go = [&](auto G) {
+        at::parallel_for(0, n, kGrainElems, [&](int64_t b0, int64_t b1) {
+          for_weight_runs(wp, o.weight_index(), b0, b1, [&](int64_t i0, int64_t i1, const scalar_t* w, auto W) {
+            pixel_run_grad_input<scalar_t, kS, kP, decltype(W)::value, decltype(G)::value>(
+                decltype(G)::value == kGoElementwise ? gop + i0 : gop, xp + i0, yp + i0, w, gip + i0, i1 - i0,
+                c, pre, post);
           });
-        };
-        if (go_mode == kGoElementwise) run(std::integral_constant<int, kGoElementwise>{});
-        else if (go_mode == kGoBroadcast) run(std::integral_constant<int, kGoBroadcast>{});
-        else run(std::integral_constant<int, kGoReduced>{});
-      });
+        });
+      };
+      if (go_mode == kGoElementwise) with_go(std::integral_constant<int, kGoElementwise>{});
+      else if (go_mode == kGoBroadcast) with_go(std::integral_constant<int, kGoBroadcast>{});
+      else with_go(std::integral_constant<int, kGoReduced>{});
     }
-    if (gwp) {  // weight gradients are rarer: one general loop
+    if (gwp) {  // weight gradients are rarer: one general loop (it reads no weight)
       at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const acc_t s = elementwise_go ? acc_t(gop[i]) : wscale;
@@ -265,8 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
     double delta, double beta, int64_t reduction, bool write_grad) {
   const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
   const PixelOperands o = pixel_operands("fastgenloss::pixel_fwd", input, target, weight, p);
-  const at::Tensor &x = o.x, &y = o.y;
-  const at::Tensor* wp = o.weight();
+  const at::Tensor& x = o.x;
   const bool weighted_mean = reduction == kReduceWeightMean || reduction == kReduceMaskedMean;
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 
@@ -276,13 +312,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
   if (reduction == kReduceNone) {
     loss = at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_fwd_cpu", [&] {
-      pixel_fwd_none<scalar_t>(x, y, wp, p, loss);
+      pixel_fwd_none<scalar_t>(o, p, loss);
     });
   } else {
     loss = at::empty({}, input.options());
     if (write_grad) grad = at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_fwd_cpu", [&] {
-      pixel_fwd_reduce<scalar_t>(x, y, wp, write_grad ? &grad : nullptr, p, loss,
+      pixel_fwd_reduce<scalar_t>(o, write_grad ? &grad : nullptr, p, loss,
                                  weighted_mean ? &wsum : nullptr);
     });
   }
@@ -297,13 +333,13 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
   const PixelParams p{l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta, reduction};
   TORCH_CHECK(!weight_grad || weight.has_value(), "fastgenloss::pixel_bwd: weight_grad needs a weight");
   const PixelOperands o = pixel_operands("fastgenloss::pixel_bwd", input, target, weight, p);
-  const at::Tensor &x = o.x, &y = o.y;
+  const at::Tensor& x = o.x;
   const at::Tensor go = pixel_grad_output(grad_output, input, x, reduction);
   at::Tensor gi = input_grad ? at::empty_like(x) : empty0(input);
   at::Tensor gw = weight_grad ? at::empty_like(x) : empty0(input);
   if (x.numel() > 0 && (input_grad || weight_grad)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_bwd_cpu", [&] {
-      pixel_bwd_impl<scalar_t>(go, x, y, o.weight(), loss, weight_sum, p,
+      pixel_bwd_impl<scalar_t>(go, o, loss, weight_sum, p,
                                input_grad ? &gi : nullptr, weight_grad ? &gw : nullptr);
     });
   }

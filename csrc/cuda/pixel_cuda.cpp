@@ -26,6 +26,7 @@ PixelDType pixel_dtype(at::ScalarType t) {
 PixelLaunch make_launch(const PixelOperands& o, const PixelParams& p) {
   return PixelLaunch{pixel_dtype(o.x.scalar_type()), o.x.numel(), o.x.const_data_ptr(),
                      o.y.const_data_ptr(), o.w.has_value() ? o.w->const_data_ptr() : nullptr,
+                     o.windex.has_value(), o.windex.value_or(WeightIndex{}),
                      p.l1, p.mse, p.charbonnier, p.huber, p.smooth_l1, p.eps, p.delta, p.beta,
                      p.reduction};
 }

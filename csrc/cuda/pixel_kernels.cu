@@ -64,16 +64,25 @@ __device__ __forceinline__ acc_t block_sum(acc_t v) {
   return v;
 }
 
+// The weight of input position i: w[i] when laid out like the input, else through the index of
+// a broadcast weight (read in place, never copied to the input's size).
+struct WeightRef {
+  bool indexed;
+  WeightIndex index;
+  __device__ __forceinline__ int64_t at(int64_t i) const { return indexed ? index.offset(i) : i; }
+};
+
 template <typename T>
 __device__ __forceinline__ void fwd_element(const PixelCoeffs<acc_of<T>>& c, T x, T y,
-                                            const T* w, int64_t i, T* grad, acc_of<T> grad_scale,
-                                            acc_of<T>& acc, acc_of<T>& wacc) {
+                                            const T* w, const WeightRef& wr, int64_t i, T* grad,
+                                            acc_of<T> grad_scale, acc_of<T>& acc,
+                                            acc_of<T>& wacc) {
   using acc_t = acc_of<T>;
   const acc_t d = to_acc(x) - to_acc(y);
   acc_t v = pixel_value<true, kPieceBoth>(c, d);
   acc_t wi = acc_t(1);
   if (w != nullptr) {
-    wi = to_acc(w[i]);
+    wi = to_acc(w[wr.at(i)]);
     v *= wi;
     wacc += wi;
   }
@@ -84,7 +93,7 @@ __device__ __forceinline__ void fwd_element(const PixelCoeffs<acc_of<T>>& c, T x
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
-                         T* __restrict__ grad, int64_t n, PixelCoeffs<acc_of<T>> c,
+                         WeightRef wr, T* __restrict__ grad, int64_t n, PixelCoeffs<acc_of<T>> c,
                          acc_of<T> grad_scale, bool vectorized, acc_of<T>* __restrict__ partial) {
   using acc_t = acc_of<T>;
   acc_t acc = acc_t(0), wacc = acc_t(0);
@@ -97,14 +106,14 @@ pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const
       const Pack<T> xv = reinterpret_cast<const Pack<T>*>(x)[p];
       const Pack<T> yv = reinterpret_cast<const Pack<T>*>(y)[p];
       Pack<T> wv, gv;
-      if (w != nullptr) wv = reinterpret_cast<const Pack<T>*>(w)[p];
+      if (w != nullptr && !wr.indexed) wv = reinterpret_cast<const Pack<T>*>(w)[p];
 #pragma unroll
       for (int j = 0; j < kN; ++j) {
         const acc_t d = to_acc(xv.v[j]) - to_acc(yv.v[j]);
         acc_t v = pixel_value<true, kPieceBoth>(c, d);
         acc_t wj = acc_t(1);
         if (w != nullptr) {
-          wj = to_acc(wv.v[j]);
+          wj = wr.indexed ? to_acc(w[wr.at(p * kN + j)]) : to_acc(wv.v[j]);
           v *= wj;
           wacc += wj;
         }
@@ -116,7 +125,7 @@ pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const
     tail_start = npack * kN;
   }
   for (int64_t i = tail_start + int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    fwd_element<T>(c, x[i], y[i], w, i, grad, grad_scale, acc, wacc);
+    fwd_element<T>(c, x[i], y[i], w, wr, i, grad, grad_scale, acc, wacc);
   }
   acc = block_sum<acc_t, kThreads>(acc);
   wacc = block_sum<acc_t, kThreads>(wacc);
@@ -146,13 +155,14 @@ pixel_fwd_finish_kernel(const acc_of<T>* __restrict__ partial, int nparts, int64
 
 template <typename T>
 __global__ void pixel_fwd_none_kernel(const T* __restrict__ x, const T* __restrict__ y,
-                                      const T* __restrict__ w, T* __restrict__ out, int64_t n,
+                                      const T* __restrict__ w, WeightRef wr,
+                                      T* __restrict__ out, int64_t n,
                                       PixelCoeffs<acc_of<T>> c) {
   using acc_t = acc_of<T>;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     acc_t v = pixel_value<true, kPieceBoth>(c, to_acc(x[i]) - to_acc(y[i]));
-    if (w != nullptr) v *= to_acc(w[i]);
+    if (w != nullptr) v *= to_acc(w[wr.at(i)]);
     out[i] = from_acc<T>(v);
   }
 }
@@ -160,7 +170,8 @@ __global__ void pixel_fwd_none_kernel(const T* __restrict__ x, const T* __restri
 template <typename T>
 __global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
                                  const T* __restrict__ x, const T* __restrict__ y,
-                                 const T* __restrict__ w, const T* __restrict__ loss,
+                                 const T* __restrict__ w, WeightRef wr,
+                                 const T* __restrict__ loss,
                                  const acc_of<T>* __restrict__ wsum, T* __restrict__ gi,
                                  T* __restrict__ gw, int64_t n, int64_t reduction,
                                  PixelCoeffs<acc_of<T>> c) {
@@ -174,7 +185,7 @@ __global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const acc_t d = to_acc(x[i]) - to_acc(y[i]);
-    const acc_t wi = w != nullptr ? to_acc(w[i]) : acc_t(1);
+    const acc_t wi = w != nullptr ? to_acc(w[wr.at(i)]) : acc_t(1);
     if (gi != nullptr) {
       if (elementwise_go) {
         gi[i] = from_acc<T>(to_acc(go[i]) * wi * pixel_deriv<true, kPieceBoth>(c, d));
@@ -190,6 +201,8 @@ __global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
     }
   }
 }
+
+WeightRef weight_ref(const PixelLaunch& a) { return WeightRef{a.weight_indexed, a.weight_index}; }
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
 
@@ -236,12 +249,13 @@ cudaError_t launch_pixel_fwd_reduce(const PixelLaunch& a, void* loss, void* wsum
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     const acc_t grad_scale = pixel_grad_pre_scale<acc_t>(a.reduction, a.n > 0 ? a.n : 1);
-    const bool vec = aligned16(a.input) && aligned16(a.target) && aligned16(a.weight) &&
-                     aligned16(grad);
+    const bool vec = aligned16(a.input) && aligned16(a.target) &&
+                     (a.weight_indexed || aligned16(a.weight)) && aligned16(grad);
     if (a.n > 0) {
       pixel_fwd_partial_kernel<T><<<grid, kThreads, 0, stream>>>(
           static_cast<const T*>(a.input), static_cast<const T*>(a.target),
-          static_cast<const T*>(a.weight), static_cast<T*>(grad), a.n, coeffs_of<acc_t>(a),
+          static_cast<const T*>(a.weight), weight_ref(a), static_cast<T*>(grad), a.n,
+          coeffs_of<acc_t>(a),
           grad_scale, vec, static_cast<acc_t*>(scratch));
     }
     pixel_fwd_finish_kernel<T><<<1, kFinishThreads, 0, stream>>>(
@@ -256,7 +270,8 @@ cudaError_t launch_pixel_fwd_none(const PixelLaunch& a, void* out, cudaStream_t 
     using T = decltype(tag);
     pixel_fwd_none_kernel<T><<<elementwise_grid(a.n), kThreads, 0, stream>>>(
         static_cast<const T*>(a.input), static_cast<const T*>(a.target),
-        static_cast<const T*>(a.weight), static_cast<T*>(out), a.n, coeffs_of<acc_of<T>>(a));
+        static_cast<const T*>(a.weight), weight_ref(a), static_cast<T*>(out), a.n,
+        coeffs_of<acc_of<T>>(a));
   });
 }
 
@@ -271,7 +286,7 @@ cudaError_t launch_pixel_bwd(const PixelLaunch& a, const void* grad_output, bool
     pixel_bwd_kernel<T><<<elementwise_grid(a.n), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_output), a.reduction == kReduceNone && !go_scalar,
         static_cast<const T*>(a.input), static_cast<const T*>(a.target),
-        static_cast<const T*>(a.weight), static_cast<const T*>(loss),
+        static_cast<const T*>(a.weight), weight_ref(a), static_cast<const T*>(loss),
         static_cast<const acc_t*>(wsum), static_cast<T*>(grad_input),
         static_cast<T*>(grad_weight), a.n, a.reduction, coeffs_of<acc_t>(a));
   });

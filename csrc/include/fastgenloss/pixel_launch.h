@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "fastgenloss/weight_index.h"
+
 namespace fastgenloss {
 
 enum class PixelDType : int { Float = 0, Double = 1, Half = 2, BFloat16 = 3 };
@@ -16,6 +18,8 @@ struct PixelLaunch {
   const void* input;
   const void* target;
   const void* weight;        // nullptr: unweighted
+  bool weight_indexed;       // weight element of position i at weight_index.offset(i), else i
+  WeightIndex weight_index;
   double l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta;
   int64_t reduction;         // PixelReduction
 };

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "fastgenloss/pixel_math.h"
+#include "fastgenloss/weight_index.h"
 
 namespace fastgenloss {
 
@@ -41,12 +42,21 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);
 // autograd passes to a reduction="none" op under .mean() or .sum()).
 bool broadcast_scalar(const at::Tensor& t);
 
-// input, target and weight, checked and laid out alike for a linear walk over their storage.
+// input, target and weight, checked and laid out for a linear walk over the input's storage.
+// The weight is either laid out like x (windex empty: element i at w[i]) or, when it is a
+// broadcast view, left in place and read through *windex (never copied to x's full size).
 struct PixelOperands {
   at::Tensor x, y;
   std::optional<at::Tensor> w;
+  std::optional<WeightIndex> windex;
   const at::Tensor* weight() const { return w.has_value() ? &*w : nullptr; }
+  const WeightIndex* weight_index() const { return windex.has_value() ? &*windex : nullptr; }
 };
+
+// The index through which `w` (input's shape, any strides) is read along `x`'s dense memory
+// order, or nothing when that needs no index (w laid out like x) or cannot use one (more than
+// kMaxIndexDims dims after merging, or an innermost step other than 0 or 1).
+std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tensor& x);
 PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, const PixelParams& p);
 
