@@ -74,7 +74,6 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
 }
 
 std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tensor& x) {
-  if (w.sizes() == x.sizes() && w.strides() == x.strides()) return std::nullopt;  // linear
   // x's dims in memory order (x is dense: its strides sorted descending give that order).
   std::vector<int64_t> dims;
   for (int64_t d = 0; d < x.dim(); ++d) {
@@ -109,10 +108,13 @@ PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::
   PixelOperands o{dense_input(input), at::Tensor(), std::nullopt, std::nullopt};
   o.y = match_layout(target, o.x);
   if (weight.has_value()) {
-    o.windex = weight_index_for(*weight, o.x);
-    // read in place when an index can walk it (or it is already laid out like x), else copied
-    const bool linear = weight->sizes() == o.x.sizes() && weight->strides() == o.x.strides();
-    o.w = (o.windex.has_value() || linear) ? *weight : match_layout(*weight, o.x);
+    // read in place when laid out like x or walkable through an index, else copied once
+    if (weight->sizes() == o.x.sizes() && weight->strides() == o.x.strides()) {
+      o.w = *weight;
+    } else {
+      o.windex = weight_index_for(*weight, o.x);
+      o.w = o.windex.has_value() ? *weight : match_layout(*weight, o.x);
+    }
   }
   return o;
 }

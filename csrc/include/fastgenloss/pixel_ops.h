@@ -54,8 +54,8 @@ struct PixelOperands {
 };
 
 // The index through which `w` (input's shape, any strides) is read along `x`'s dense memory
-// order, or nothing when that needs no index (w laid out like x) or cannot use one (more than
-// kMaxIndexDims dims after merging, or an innermost step other than 0 or 1).
+// order, or nothing when it cannot use one (more than kMaxIndexDims dims after merging, or an
+// innermost step other than 0 or 1): then it is copied into x's layout.
 std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tensor& x);
 PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, const PixelParams& p);
