@@ -16,18 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-SIZE_NAMES = {65536: "64K", 1 << 20: "1M", 8 * 3 * 512 * 512: "8x3x512x512", 1 << 24: "16M",
-              1 << 26: "64M"}
-
-
-def _parse_size(s: str) -> int:
-    s = s.strip().upper()
-    names = {v.upper(): k for k, v in SIZE_NAMES.items()}
-    if s in names:
-        return names[s]
-    mult = {"K": 1 << 10, "M": 1 << 20}.get(s[-1:], 1)
-    return int(float(s.rstrip("KM")) * mult)
-
+from fastgenloss._cases import SIZE_NAMES, parse_size  # noqa: E402,F401  (bench_pixel imports SIZE_NAMES from here)
 
 def bench_device() -> str:
     return os.environ.get("FGL_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,7 +25,7 @@ def bench_device() -> str:
 def bench_sizes() -> list[int]:
     env = os.environ.get("FGL_BENCH_SIZES")
     if env:
-        return [_parse_size(s) for s in env.split(",") if s.strip()]
+        return [parse_size(s) for s in env.split(",") if s.strip()]
     if bench_device() == "cuda":
         return [65536, 1 << 20, 8 * 3 * 512 * 512, 1 << 24, 1 << 26]
     return [65536, 1 << 20, 8 * 3 * 512 * 512]

@@ -26,7 +26,9 @@
 #include "fastgenloss/pixel_ops.h"
 
 namespace fastgenloss {
+namespace {
 
+// Backstop checks for direct op calls (the Python API checks first, with its own names).
 void check_pixel_args(const char* op, const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight, const PixelParams& p) {
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point ",
@@ -52,11 +54,16 @@ void check_pixel_args(const char* op, const at::Tensor& input, const at::Tensor&
   TORCH_CHECK(p.smooth_l1 == 0.0 || p.beta >= 0.0, op, ": beta must be >= 0, got ", p.beta);
 }
 
+// `input` itself when it is non-overlapping and dense (contiguous, channels_last, any
+// permutation), otherwise a copy laid out as at::empty_like(input) lays it out. Kernels then
+// walk the storage linearly: the element order does not matter to an elementwise loss.
 at::Tensor dense_input(const at::Tensor& input) {
   if (input.is_non_overlapping_and_dense()) return input;
   return at::empty_like(input).copy_(input);
 }
 
+// True when every element of t is one value seen through zero strides (an expanded scalar, as
+// autograd passes to a reduction="none" op under .mean() or .sum()).
 bool broadcast_scalar(const at::Tensor& t) {
   if (t.numel() <= 1) return t.numel() == 1;
   for (int64_t d = 0; d < t.dim(); ++d) {
@@ -65,6 +72,8 @@ bool broadcast_scalar(const at::Tensor& t) {
   return true;
 }
 
+// `t`'s values with exactly `like`'s sizes and strides (`like` dense): `t` itself when it
+// already matches, otherwise a copy.
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
   if (t.sizes() == like.sizes() && t.strides() == like.strides() &&
       t.is_non_overlapping_and_dense()) {
@@ -73,6 +82,9 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
   return at::empty_like(like, t.options()).copy_(t);
 }
 
+// The index through which `w` (input's shape, any strides) is read along `x`'s dense memory
+// order, or nothing when it cannot use one (more than kMaxIndexDims dims after merging, or an
+// innermost step other than 0 or 1): then it is copied into x's layout.
 std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tensor& x) {
   // x's dims in memory order (x is dense: its strides sorted descending give that order).
   std::vector<int64_t> dims;
@@ -101,6 +113,8 @@ std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tenso
   std::copy(stride.begin(), stride.end(), idx.stride);
   return idx;
 }
+
+}  // namespace
 
 PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, const PixelParams& p) {

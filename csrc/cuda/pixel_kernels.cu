@@ -72,22 +72,19 @@ struct WeightRef {
   __device__ __forceinline__ int64_t at(int64_t i) const { return indexed ? index.offset(i) : i; }
 };
 
-template <typename T>
-__device__ __forceinline__ void fwd_element(const PixelCoeffs<acc_of<T>>& c, T x, T y,
-                                            const T* w, const WeightRef& wr, int64_t i, T* grad,
-                                            acc_of<T> grad_scale, acc_of<T>& acc,
-                                            acc_of<T>& wacc) {
-  using acc_t = acc_of<T>;
-  const acc_t d = to_acc(x) - to_acc(y);
+// One element of the reducing forward: adds w*l to acc (and w to wacc when weighted) and returns
+// grad_scale*w*dl/dd, the gradient the forward writes (0 when none is wanted).
+template <typename acc_t>
+__device__ __forceinline__ acc_t fwd_element(const PixelCoeffs<acc_t>& c, acc_t d, bool weighted,
+                                             acc_t wi, bool want_grad, acc_t grad_scale,
+                                             acc_t& acc, acc_t& wacc) {
   acc_t v = pixel_value<true, kPieceBoth>(c, d);
-  acc_t wi = acc_t(1);
-  if (w != nullptr) {
-    wi = to_acc(w[wr.at(i)]);
+  if (weighted) {
     v *= wi;
     wacc += wi;
   }
   acc += v;
-  if (grad != nullptr) grad[i] = from_acc<T>(grad_scale * wi * pixel_deriv<true, kPieceBoth>(c, d));
+  return want_grad ? grad_scale * wi * pixel_deriv<true, kPieceBoth>(c, d) : acc_t(0);
 }
 
 template <typename T>
@@ -109,23 +106,21 @@ pixel_fwd_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, const
       if (w != nullptr && !wr.indexed) wv = reinterpret_cast<const Pack<T>*>(w)[p];
 #pragma unroll
       for (int j = 0; j < kN; ++j) {
-        const acc_t d = to_acc(xv.v[j]) - to_acc(yv.v[j]);
-        acc_t v = pixel_value<true, kPieceBoth>(c, d);
-        acc_t wj = acc_t(1);
-        if (w != nullptr) {
-          wj = wr.indexed ? to_acc(w[wr.at(p * kN + j)]) : to_acc(wv.v[j]);
-          v *= wj;
-          wacc += wj;
-        }
-        acc += v;
-        if (grad != nullptr) gv.v[j] = from_acc<T>(grad_scale * wj * pixel_deriv<true, kPieceBoth>(c, d));
+        const acc_t wj = w == nullptr ? acc_t(1)
+                         : (wr.indexed ? to_acc(w[wr.at(p * kN + j)]) : to_acc(wv.v[j]));
+        const acc_t gj = fwd_element(c, to_acc(xv.v[j]) - to_acc(yv.v[j]), w != nullptr, wj,
+                                     grad != nullptr, grad_scale, acc, wacc);
+        if (grad != nullptr) gv.v[j] = from_acc<T>(gj);
       }
       if (grad != nullptr) reinterpret_cast<Pack<T>*>(grad)[p] = gv;
     }
     tail_start = npack * kN;
   }
   for (int64_t i = tail_start + int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    fwd_element<T>(c, x[i], y[i], w, wr, i, grad, grad_scale, acc, wacc);
+    const acc_t wi = w == nullptr ? acc_t(1) : to_acc(w[wr.at(i)]);
+    const acc_t gi = fwd_element(c, to_acc(x[i]) - to_acc(y[i]), w != nullptr, wi,
+                                 grad != nullptr, grad_scale, acc, wacc);
+    if (grad != nullptr) grad[i] = from_acc<T>(gi);
   }
   acc = block_sum<acc_t, kThreads>(acc);
   wacc = block_sum<acc_t, kThreads>(wacc);

@@ -16,21 +16,8 @@ import sys
 import torch
 
 import fastgenloss
-from fastgenloss._cases import CASES
+from fastgenloss._cases import CASES, SIZE_NAMES, parse_size
 from fastgenloss._measure import allow_many_compiles, peak_memory_bytes, time_ms
-
-SIZE_NAMES = {65536: "64K", 1 << 20: "1M", 8 * 3 * 512 * 512: "8x3x512x512", 1 << 24: "16M",
-              1 << 26: "64M"}
-
-
-def parse_size(s: str) -> int:
-    s = s.strip().upper()
-    for n, name in SIZE_NAMES.items():
-        if name.upper() == s:
-            return n
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
-    return int(float(s.rstrip("KMG")) * mult)
-
 
 def default_sizes(device: str) -> list[int]:
     if device == "cuda":

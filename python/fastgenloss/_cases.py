@@ -35,6 +35,22 @@ class LossCase:
         return x, y, w
 
 
+# Element counts the benchmarks and the main job know by name (8x3x512x512 is the issue's
+# CPU target shape).
+SIZE_NAMES = {65536: "64K", 1 << 20: "1M", 8 * 3 * 512 * 512: "8x3x512x512", 1 << 24: "16M",
+              1 << 26: "64M"}
+
+
+def parse_size(s: str) -> int:
+    """An element count from a name of SIZE_NAMES or a number with an optional K, M or G."""
+    s = s.strip().upper()
+    for n, name in SIZE_NAMES.items():
+        if name.upper() == s:
+            return n
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
+    return int(float(s.rstrip("KMG")) * mult)
+
+
 def image_shape(numel: int) -> tuple[int, ...]:
     """[N, 3, H, W] with H = W a power of two when numel = N*3*H*W allows, else flat."""
     for side in (512, 256, 128, 64, 32):

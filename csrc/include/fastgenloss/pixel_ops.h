@@ -24,24 +24,6 @@ struct PixelParams {
   PixelTermsUsed terms() const { return pixel_terms_used(coeffs<double>()); }
 };
 
-// Backstop checks for direct op calls (the Python API checks first, with its own names).
-void check_pixel_args(const char* op, const at::Tensor& input, const at::Tensor& target,
-                      const std::optional<at::Tensor>& weight, const PixelParams& p);
-
-// `input` itself when it is non-overlapping and dense (contiguous, channels_last, any
-// permutation), otherwise a copy laid out as at::empty_like(input) lays it out. Kernels then
-// walk the storage linearly: the element order does not matter to an elementwise loss.
-at::Tensor dense_input(const at::Tensor& input);
-
-// `t`'s values with exactly `like`'s sizes and strides (`like` dense): `t` itself when it
-// already matches, otherwise a copy. Used for target, weight (broadcast weights arrive
-// expanded, with zero strides) and per-element grad_output.
-at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);
-
-// True when every element of t is one value seen through zero strides (an expanded scalar, as
-// autograd passes to a reduction="none" op under .mean() or .sum()).
-bool broadcast_scalar(const at::Tensor& t);
-
 // input, target and weight, checked and laid out for a linear walk over the input's storage.
 // The weight is either laid out like x (windex empty: element i at w[i]) or, when it is a
 // broadcast view, left in place and read through *windex (never copied to x's full size).
@@ -49,14 +31,9 @@ struct PixelOperands {
   at::Tensor x, y;
   std::optional<at::Tensor> w;
   std::optional<WeightIndex> windex;
-  const at::Tensor* weight() const { return w.has_value() ? &*w : nullptr; }
   const WeightIndex* weight_index() const { return windex.has_value() ? &*windex : nullptr; }
 };
 
-// The index through which `w` (input's shape, any strides) is read along `x`'s dense memory
-// order, or nothing when it cannot use one (more than kMaxIndexDims dims after merging, or an
-// innermost step other than 0 or 1): then it is copied into x's layout.
-std::optional<WeightIndex> weight_index_for(const at::Tensor& w, const at::Tensor& x);
 PixelOperands pixel_operands(const char* op, const at::Tensor& input, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, const PixelParams& p);
 
