@@ -26,11 +26,15 @@ case "$stage" in
     # Only the architecture of the card at hand: half the compile time of the default 80;90.
     arch=$(python -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}{n}')")
     FASTGENLOSS_CUDA=ON FASTGENLOSS_CUDA_ARCHS=$arch \
-      pip install --no-build-isolation --no-deps -e . -C build-dir=build/gpu 2>&1 | tail -5 | log
+      python -m pip install --no-build-isolation --no-deps -e . -C build-dir=build/gpu 2>&1 | tail -5 | log
     python -c "import fastgenloss; print(fastgenloss.build_info())" 2>&1 | log
     ;;
   test)
-    python -m pytest -q -p no:cacheprovider tests 2>&1 | tail -40 | log
+    # Known (2026-11-22, H100 machine: Ubuntu GCC 13.3 + torch 2.11): a C++ argument check that
+    # throws from our library crashes the process (segfault in std::ostream formatting inside
+    # _C). That test runs alone first, so a crash cannot hide the rest of the suite.
+    python -m pytest -q -p no:cacheprovider tests/test_errors.py -k test_direct_op_call_is_checked_in_cpp 2>&1 | tail -3 | log || true
+    python -m pytest -q -p no:cacheprovider tests -k "not test_direct_op_call_is_checked_in_cpp" 2>&1 | tail -40 | log
     ;;
   bench)
     FGL_BENCH_DEVICE=cuda python -m pytest bench/bench_pixel.py -q -p no:cacheprovider \

@@ -301,10 +301,13 @@ def test_peak_memory_at_most_torch(name, ours, theirs, target_grad, device):
             y.grad = None
         return run
 
-    got = peak_memory_bytes(step(ours), device)
-    expect = peak_memory_bytes(step(theirs), device)
-    if got is None or expect is None:
+    # the steady-state peak of each (min of 3 readings): heap state left by earlier tests can add
+    # to a single reading of either side
+    readings_ours = [peak_memory_bytes(step(ours), device) for _ in range(3)]
+    readings_torch = [peak_memory_bytes(step(theirs), device) for _ in range(3)]
+    if None in readings_ours or None in readings_torch:
         pytest.skip("peak memory is not measurable on this platform")
+    got, expect = min(readings_ours), min(readings_torch)
     slack = n * 4 // 16  # allocator and page granularity, far below one buffer (n * 4 bytes)
     assert got <= expect + slack, f"peak {got / (4 * n):.2f}n bytes vs torch's {expect / (4 * n):.2f}n"
 
@@ -405,7 +408,8 @@ def test_broadcast_mask_is_not_copied(device):
         fgl.pixel_loss(x, y, l1=1.0, weight=mask, masked_mean=True).backward()
         x.grad = None
 
-    peak = peak_memory_bytes(step, device)
+    readings = [peak_memory_bytes(step, device) for _ in range(3)]  # steady state: min of 3
+    peak = None if None in readings else min(readings)
     if peak is None:
         pytest.skip("peak memory is not measurable on this platform")
     one_grad = x.numel() * 4
