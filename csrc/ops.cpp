@@ -23,6 +23,7 @@
 #include <numeric>
 #include <vector>
 
+#include "fastgenloss/diffusion_ops.h"
 #include "fastgenloss/pixel_ops.h"
 
 namespace fastgenloss {
@@ -162,9 +163,38 @@ TORCH_LIBRARY(fastgenloss, m) {
       "Tensor weight_sum, float l1, float mse, float charbonnier, float huber, float smooth_l1, "
       "float eps, float delta, float beta, int reduction, bool input_grad, bool weight_grad) "
       "-> (Tensor, Tensor)");
+  // Diffusion losses (csrc/include/fastgenloss/diffusion_math.h gives the codes):
+  // diffusion_fwd -> (loss, sample_loss, grad)
+  //   loss: [] (mean, sum) or [N] (none), float32 (float64 for float64 data);
+  //   sample_loss: [N] w_n * mean_j rho, the per-sample loss before the caller's weight (the
+  //                gradient of that weight needs it);
+  //   grad: when write_grad and the reduction is scalar, d loss / d model_output for
+  //         grad_output = 1, laid out like model_output (donated to backward, as pixel_fwd's);
+  //         otherwise an empty [0] tensor.
+  // diffusion_bwd -> (grad_model_output, grad_sample, grad_noise), each [0] when not asked for.
+  m.def(
+      "diffusion_fwd(Tensor model_output, Tensor sample, Tensor noise, Tensor t, Tensor? table, "
+      "Tensor? weight, int schedule, int prediction, int weighting, int loss_type, "
+      "float snr_gamma, float huber_c, float sigma_data, int reduction, bool write_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "diffusion_bwd(Tensor grad_output, Tensor model_output, Tensor sample, Tensor noise, "
+      "Tensor t, Tensor? table, Tensor? weight, int schedule, int prediction, int weighting, "
+      "int loss_type, float snr_gamma, float huber_c, float sigma_data, int reduction, "
+      "bool model_output_grad, bool sample_grad, bool noise_grad) -> (Tensor, Tensor, Tensor)");
+  // out = p*sample + q*noise per sample (add_noise, velocity, flow, edm); its backward gives
+  // (p*grad, q*grad), each [0] when not asked for.
+  m.def("diffusion_mix(Tensor sample, Tensor noise, Tensor t, Tensor? table, int kind) -> Tensor");
+  m.def(
+      "diffusion_mix_bwd(Tensor grad, Tensor t, Tensor? table, int kind, bool sample_grad, "
+      "bool noise_grad) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {
   m.impl("pixel_fwd", &fastgenloss::pixel_fwd_cpu);
   m.impl("pixel_bwd", &fastgenloss::pixel_bwd_cpu);
+  m.impl("diffusion_fwd", &fastgenloss::diffusion_fwd_cpu);
+  m.impl("diffusion_bwd", &fastgenloss::diffusion_bwd_cpu);
+  m.impl("diffusion_mix", &fastgenloss::diffusion_mix_cpu);
+  m.impl("diffusion_mix_bwd", &fastgenloss::diffusion_mix_bwd_cpu);
 }

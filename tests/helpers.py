@@ -72,8 +72,8 @@ def check_against_reference(ours_fn, plain_fn, tensors, dtype, factor=8.0, grad_
     if not any(t is not None and t.requires_grad for t in tensors):
         return out
     go64 = torch.rand(ref.shape, dtype=torch.float64, device=ref.device) + 0.5
-    g_ours = grads_of(out, t_ours, go64.to(dtype))
-    g_plain = grads_of(plain, t_plain, go64.to(dtype))
+    g_ours = grads_of(out, t_ours, go64.to(out.dtype))
+    g_plain = grads_of(plain, t_plain, go64.to(plain.dtype))
     g_ref = grads_of(ref, t_ref, go64)
     for i, (a, b, r) in enumerate(zip(g_ours, g_plain, g_ref)):
         if r is None:

@@ -13,25 +13,16 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_common.h"
 #include "fastgenloss/pixel_ops.h"
 
 namespace fastgenloss {
 namespace {
 
-// The hot loops are compiled twice, for AVX2 and for the x86-64 baseline, and the CPU picks one
-// at load time (an ifunc). Functions they inline are compiled inside each clone; out-of-line
-// code keeps the baseline ISA, so nothing AVX2 can leak into the baseline path.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FGL_CPU_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define FGL_CPU_MULTIVERSION
-#endif
 
 constexpr int64_t kBlock = 8192;       // elements per deterministic partial sum
 constexpr int64_t kGrainElems = 32768; // below this, one thread does the whole loop
 
-template <typename scalar_t>
-using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Calls f(std::bool_constant<sqrt>, std::integral_constant<int, piecewise>) for the terms in use.
 template <typename F>

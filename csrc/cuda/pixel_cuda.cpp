@@ -9,19 +9,11 @@
 
 #include "fastgenloss/pixel_launch.h"
 #include "fastgenloss/pixel_ops.h"
+#include "glue.h"
 
 namespace fastgenloss {
 namespace {
 
-PixelDType pixel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return PixelDType::Float;
-    case at::kDouble: return PixelDType::Double;
-    case at::kHalf: return PixelDType::Half;
-    case at::kBFloat16: return PixelDType::BFloat16;
-    default: TORCH_CHECK(false, "fastgenloss: unsupported dtype ", t, " (float32, float64, float16, bfloat16)");
-  }
-}
 
 PixelLaunch make_launch(const PixelOperands& o, const PixelParams& p) {
   return PixelLaunch{pixel_dtype(o.x.scalar_type()), o.x.numel(), o.x.const_data_ptr(),

@@ -13,56 +13,10 @@
 
 #include "fastgenloss/pixel_launch.h"
 #include "fastgenloss/pixel_math.h"
+#include "kernel_common.cuh"
 
 namespace fastgenloss {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int kFinishThreads = 512;
-
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_of = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_acc(acc_of<T> v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// 16 bytes of T: the unit of every vector load and store.
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int kN = 16 / sizeof(T);
-  T v[kN];
-};
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block in a fixed order; the result is valid in thread 0.
-template <typename acc_t, int kBlockThreads>
-__device__ __forceinline__ acc_t block_sum(acc_t v) {
-  __shared__ acc_t warp_part[kBlockThreads / 32];
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_part[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kBlockThreads / 32 ? warp_part[threadIdx.x] : acc_t(0);
-  if (warp == 0) v = warp_sum(v);
-  __syncthreads();  // warp_part may be reused by a second call
-  return v;
-}
 
 // The weight of input position i: w[i] when laid out like the input, else through the index of
 // a broadcast weight (read in place, never copied to the input's size).
@@ -199,23 +153,9 @@ __global__ void pixel_bwd_kernel(const T* __restrict__ go, bool elementwise_go,
 
 WeightRef weight_ref(const PixelLaunch& a) { return WeightRef{a.weight_indexed, a.weight_index}; }
 
-bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
-
 int elementwise_grid(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   return int(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);  // grid-stride covers the rest
-}
-
-template <typename F>
-cudaError_t dispatch_dtype(PixelDType dt, F&& f) {
-  switch (dt) {
-    case PixelDType::Float: f(float{}); break;
-    case PixelDType::Double: f(double{}); break;
-    case PixelDType::Half: f(__half{}); break;
-    case PixelDType::BFloat16: f(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
 }
 
 template <typename acc_t>
@@ -228,11 +168,7 @@ PixelCoeffs<acc_t> coeffs_of(const PixelLaunch& a) {
 }  // namespace
 
 int pixel_reduce_grid(int64_t n, int device) {
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
-    cudaGetLastError();  // clear; fall back to a size that fills any current GPU
-    sms = 132;
-  }
+  const int sms = sm_count(device);
   const int64_t want = (n + int64_t(kThreads) * 8 - 1) / (int64_t(kThreads) * 8);
   const int64_t cap = int64_t(sms) * 4;  // 4 resident blocks of 256 threads per SM
   return int(want < 1 ? 1 : (want < cap ? want : cap));

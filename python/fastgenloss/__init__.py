@@ -33,12 +33,20 @@ from . import _C  # noqa: E402  (loads the library: registers torch.ops.fastgenl
 from . import _ops  # noqa: E402,F401  (fake kernels and autograd formulas)
 from . import nn, reference  # noqa: E402,F401
 from .functional import (  # noqa: E402
+    add_noise,
     charbonnier_loss,
+    diffusion_loss,
+    edm_loss,
+    edm_noise,
+    flow_matching_loss,
+    flow_noise,
     huber_loss,
     l1_loss,
     mse_loss,
     pixel_loss,
     smooth_l1_loss,
+    snr,
+    velocity,
 )
 
 
@@ -59,8 +67,14 @@ def build_info() -> dict:
 
 
 __all__ = [
+    "add_noise",
     "build_info",
     "charbonnier_loss",
+    "diffusion_loss",
+    "edm_loss",
+    "edm_noise",
+    "flow_matching_loss",
+    "flow_noise",
     "huber_loss",
     "l1_loss",
     "mse_loss",
@@ -68,4 +82,6 @@ __all__ = [
     "pixel_loss",
     "reference",
     "smooth_l1_loss",
+    "snr",
+    "velocity",
 ]
