@@ -1,4 +1,4 @@
-"""Turn a pytest-benchmark JSON of bench_pixel.py into a markdown table: median ms per
+"""Turn a pytest-benchmark JSON of bench_pixel.py / bench_diffusion.py into a markdown table: median ms per
 (loss, size, dtype) for fastgenloss / eager reference / torch.compile, speedups, peak memory,
 and fastgenloss's rate over the fewest bytes the pass must move as a share of the measured copy
 rate (test_copy_bandwidth) of the same dtype.
@@ -24,7 +24,7 @@ def main(path: str) -> None:
         if e["case"] == "copy":
             copy_rate[e["dtype"]] = e["bytes"] / b["stats"]["median"]
             continue
-        key = (e["case"], e["numel"], e["dtype"])
+        key = (e["case"], e.get("shape", e["numel"]), e["dtype"])
         rows[key][(e["impl"], e["passes"])] = (b["stats"]["median"] * 1e3, e.get("peak_mem_bytes"))
         min_bytes[key + (e["passes"],)] = e.get("bytes")
         meta = e
@@ -35,11 +35,11 @@ def main(path: str) -> None:
     for dt, rate in sorted(copy_rate.items()):
         print(f"\nMeasured copy rate ({dt}, read + write): {rate / 1e9:.1f} GB/s")
     print("\n% copy: fastgenloss's rate over the fewest bytes the pass must move "
-          "(bench_pixel.min_bytes), as a share of the copy rate.\n")
+          "(min_bytes of the bench file), as a share of the copy rate.\n")
     print("| loss | elements | dtype | pass | fastgenloss ms | reference ms | compile ms "
           "| vs ref | vs compile | % copy | peak MB ours / ref / compile |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for key in sorted(rows, key=lambda k: (k[0], k[1], k[2])):
+    for key in sorted(rows, key=lambda k: (k[0], str(k[1]), k[2])):
         r = rows[key]
         for passes in ("fwd", "bwd", "fwd+bwd"):
             ours = r.get(("fastgenloss", passes))

@@ -444,3 +444,94 @@ def test_compile_training_step_fullgraph(device):
     for a, b in zip((f1, x1, e1), ref_in):
         torch.testing.assert_close(a.grad, b.grad)
     del t1
+
+
+# ---- errors: each names the argument, its shape and dtype ------------------------------------
+
+def _good(device="cpu"):
+    ab = make_schedule()
+    f, x, e = data((3, 4, 5, 5), device)
+    t = torch.tensor([0, 500, 999])
+    return f, x, e, t, ab
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(t=torch.tensor([0, 5, 1000])), r"timesteps must lie in \[0, 1000\).*\[0, 1000\]"),
+    (dict(t=torch.tensor([-1, 5, 10])), r"timesteps must lie in \[0, 1000\)"),
+    (dict(t=torch.tensor([0.0, 5.0, 10.0])), r"timesteps must be an integer tensor.*float32"),
+    (dict(t=torch.tensor([0, 5])), r"timesteps must have shape \[3\].*\[2\] int64"),
+    (dict(ab=torch.rand(10, 10)), r"alphas_cumprod must be a non-empty 1-D floating.*\[10, 10\]"),
+    (dict(ab=torch.arange(10)), r"alphas_cumprod must be a non-empty 1-D floating.*int64"),
+    (dict(ab=torch.rand(1000, device="meta")), r"alphas_cumprod .* on meta cannot be read by kernels on cpu"),
+    (dict(t=torch.zeros(3, dtype=torch.long, device="meta")), r"timesteps .* on meta cannot be read"),
+    (dict(x=torch.randn(3, 4, 5, 6)), r"sample \[3, 4, 5, 6\] float32 on cpu and model_output \[3, 4, 5, 5\]"),
+    (dict(e=torch.randn(3, 4, 5)), r"noise \[3, 4, 5\] float32 .* must have the same shape"),
+    (dict(f=torch.randn(3, 4, 5, 5).long()), r"model_output must be float32, float64, float16 or bfloat16, got \[3, 4, 5, 5\] int64"),
+    (dict(f=torch.tensor(1.0)), r"model_output must have a batch dim"),
+    (dict(prediction_type="x0"), r"prediction_type must be one of 'epsilon', 'v_prediction', 'sample', got 'x0'"),
+    (dict(weighting="minsnr"), r"weighting must be one of None, 'min_snr'.*got 'minsnr'"),
+    (dict(weighting=torch.ones(4)), r"weighting tensor must be floating with one weight per sample \(\[3\]\), got \[4\]"),
+    (dict(loss_type="l3"), r"loss_type must be one of 'l2', 'l1', 'huber', 'pseudo_huber', got 'l3'"),
+    (dict(loss_type="huber", huber_c=0.0), r"huber_c must be > 0, got 0.0"),
+    (dict(weighting="min_snr", snr_gamma=-1.0), r"snr_gamma must be > 0, got -1.0"),
+    (dict(reduction="avg"), r"reduction must be 'none', 'mean' or 'sum', got 'avg'"),
+    (dict(ab=torch.rand(1000, requires_grad=True)), r"alphas_cumprod \[1000\] float32 on cpu requires grad"),
+])
+def test_diffusion_loss_errors(bad, match):
+    f, x, e, t, ab = _good()
+    args = dict(f=f, x=x, e=e, t=t, ab=ab)
+    kw = {}
+    for k, v in bad.items():
+        (args if k in args else kw)[k] = v
+    with pytest.raises((ValueError, TypeError), match=match):
+        fgl.diffusion_loss(args["f"], args["x"], args["e"], args["t"], args["ab"], **kw)
+
+
+@pytest.mark.parametrize("fn", ["flow_matching_loss", "edm_loss", "flow_noise", "edm_noise"])
+def test_sigma_errors(fn):
+    f, x, e, _, _ = _good()
+    call = (lambda s, **kw: getattr(fgl, fn)(f, x, e, s, **kw)) if fn.endswith("loss") else \
+        (lambda s, **kw: getattr(fgl, fn)(x, e, s, **kw))
+    with pytest.raises(TypeError, match=r"sigmas must be a floating tensor, got \[3\] int64"):
+        call(torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"sigmas must hold one value per sample \(\[3\] or \[3, 1, \.\.\.\]\), got \[4\]"):
+        call(torch.rand(4))
+    with pytest.raises(ValueError, match=r"sigmas \[3\] float32 on cpu requires grad"):
+        call(torch.rand(3, requires_grad=True))
+    if fn == "flow_matching_loss":
+        with pytest.raises(ValueError, match=r"weighting must be one of None, 'none', 'sigma_sqrt', 'cosmap', got 'edm'"):
+            call(torch.rand(3), weighting="edm")
+    if fn == "edm_loss":
+        with pytest.raises(ValueError, match=r"prediction_type must be one of 'epsilon', 'v_prediction', got 'sample'"):
+            call(torch.rand(3), prediction_type="sample")
+        with pytest.raises(ValueError, match=r"sigma_data must be > 0, got 0.0"):
+            call(torch.rand(3), sigma_data=0.0)
+
+
+def test_mix_errors():
+    _, x, e, t, ab = _good()
+    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 1000\)"):
+        fgl.add_noise(x, e, t + 1, ab)
+    with pytest.raises(ValueError, match=r"noise \[3, 4, 5\] float32 on cpu and sample \[3, 4, 5, 5\]"):
+        fgl.velocity(x, e[..., 0], t, ab)
+    with pytest.raises(TypeError, match=r"timesteps must be a torch.Tensor, got list"):
+        fgl.add_noise(x, e, [0, 1, 2], ab)
+    with pytest.raises(TypeError, match=r"timesteps must be a torch.Tensor, got int"):
+        fgl.snr(3, ab)
+
+
+def test_direct_op_call_is_checked_in_cpp_diffusion():
+    # the op itself backs up the API's checks; CPU timesteps are range-checked exactly (GPU
+    # timesteps are not: that would synchronize; their out-of-range samples get a NaN loss)
+    f, x, e, _, ab = _good()
+    f, x, e = f.detach(), x.detach(), e.detach()
+    with pytest.raises(RuntimeError, match=r"fastgenloss::diffusion_fwd: timesteps must lie in "
+                                           r"\[0, 1000\), got values in \[0, 1000\]"):
+        torch.ops.fastgenloss.diffusion_fwd(f, x, e, torch.tensor([0, 1000, 999]), ab, None, 0,
+                                            0, 0, 0, 5.0, 0.1, 0.5, 0, False)
+    with pytest.raises(RuntimeError, match=r"fastgenloss::diffusion_fwd: noise dtype Double "
+                                           r"differs from model_output's Float"):
+        torch.ops.fastgenloss.diffusion_fwd(f, x, e.double(), torch.tensor([0, 1, 2]), ab, None,
+                                            0, 0, 0, 0, 5.0, 0.1, 0.5, 0, False)
+    with pytest.raises(RuntimeError, match=r"fastgenloss::diffusion_mix: unknown kind 7"):
+        torch.ops.fastgenloss.diffusion_mix(x, e, torch.tensor([0, 1, 2]), ab, 7)

@@ -16,7 +16,7 @@ import sys
 import torch
 
 import fastgenloss
-from fastgenloss._cases import CASES, SIZE_NAMES, parse_size
+from fastgenloss._cases import ALL_CASES as CASES, SIZE_NAMES, parse_size
 from fastgenloss._measure import allow_many_compiles, peak_memory_bytes, time_ms
 
 def default_sizes(device: str) -> list[int]:
@@ -66,7 +66,7 @@ def run(args) -> int:
           f"{datetime.date.today()}")
     print("err: max |x - ref| / max |ref| against float64, for the loss / the input gradient; "
           "times: median fwd+bwd ms; peak: MB held at once in fwd+bwd\n")
-    head = (f"{'loss':<16} {'elements':>12} {'dtype':>8} | {'err ours':>17} {'err torch':>17} | "
+    head = (f"{'loss':<20} {'elements':>12} {'dtype':>8} | {'err ours':>17} {'err torch':>17} | "
             f"{'ours':>8} {'eager':>8} {'compile':>8} | {'vs eager':>8} {'vs comp':>8} | "
             f"{'peak ours/eager MB':>18}")
     print(head)
@@ -102,7 +102,7 @@ def run(args) -> int:
                 comp_ms = f"{t['compile']:8.3f}" if compiled is not None else f"{'-':>8}"
                 comp_x = (f"{t['compile'] / t['ours']:7.2f}x" if compiled is not None
                           else f"{'-':>8}")
-                print(f"{case.name:<16} {SIZE_NAMES.get(numel, str(numel)):>12} "
+                print(f"{case.name:<20} {SIZE_NAMES.get(numel, str(numel)):>12} "
                       f"{str(dtype)[6:]:>8} | {errs['ours'][0]:8.1e} {errs['ours'][1]:8.1e} "
                       f"{errs['torch'][0]:8.1e} {errs['torch'][1]:8.1e} | {t['ours']:8.3f} "
                       f"{t['eager']:8.3f} {comp_ms} | {t['eager'] / t['ours']:7.2f}x "
