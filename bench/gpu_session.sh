@@ -5,6 +5,7 @@
 #   bash bench/gpu_session.sh build    # compile for the GPU at hand, print build_info
 #   bash bench/gpu_session.sh test     # the whole test suite, CUDA included
 #   bash bench/gpu_session.sh bench    # pytest-benchmark on CUDA + report table (copy rate, % copy)
+#   bash bench/gpu_session.sh bench-diffusion   # the diffusion losses (64x4x64x64, 16x16x128x128)
 #   bash bench/gpu_session.sh main     # python -m fastgenloss on CUDA
 #
 # Logs go to $OUT (the device tool's folder that comes back) or bench/results/; name them
@@ -13,7 +14,7 @@
 # --no-deps. Never run on zeros, never change the card's settings (see the device METHOD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_session.sh build|test|bench|main}
+stage=${1:?usage: gpu_session.sh build|test|bench|bench-diffusion|main}
 out=${OUT:-bench/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' || echo gpu)
@@ -41,6 +42,13 @@ case "$stage" in
       --benchmark-max-time=0.2 --benchmark-json="$tag-bench.json" 2>&1 | tail -3 | log
     python bench/report.py "$tag-bench.json" > "$tag-bench.md"
     grep -E "copy rate|fwd\+bwd" "$tag-bench.md" | head -60
+    ;;
+  bench-diffusion)
+    FGL_BENCH_DEVICE=cuda FGL_BENCH_SIZES=16M python -m pytest bench/bench_pixel.py::test_copy_bandwidth \
+      bench/bench_diffusion.py -q -p no:cacheprovider --benchmark-max-time=0.2 \
+      --benchmark-json="$tag-bench-diffusion.json" 2>&1 | tail -3 | log
+    python bench/report.py "$tag-bench-diffusion.json" > "$tag-bench-diffusion.md"
+    grep -E "copy rate|fwd\+bwd" "$tag-bench-diffusion.md" | head -60
     ;;
   main)
     python -m fastgenloss --device cuda --plot "$tag-speedup.png" 2>&1 | log

@@ -39,6 +39,17 @@ def _pixel_bwd_fake(grad_output, input, target, weight, loss, weight_sum, l1, ms
     return gi, gw
 
 
+def _scaled(buf: torch.Tensor, scale: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """The forward-written gradient times grad_output. A CPU grad_output of exactly 1 (a plain
+    ``loss.backward()``) skips the pass over the buffer: one read and one write of a
+    gradient-sized tensor saved. (On a GPU, reading the value would synchronize the device.)"""
+    if in_place:
+        if scale.device.type == "cpu" and scale.numel() == 1 and scale.item() == 1.0:
+            return buf
+        return buf.mul_(scale)
+    return buf * scale
+
+
 def _pixel_fwd_setup_context(ctx, inputs, output):
     input, target, weight, *params, write_grad = inputs
     loss, grad, wsum = output
@@ -93,7 +104,7 @@ def _pixel_fwd_backward(ctx, grad_loss, _grad_grad, grad_wsum):
                 scale = torch.where(wsum == 0, torch.zeros_like(scale), scale)
         else:
             scale = grad_loss
-        grad_diff = buf.mul_(scale) if in_place else buf * scale
+        grad_diff = _scaled(buf, scale, in_place)
 
     grad_weight = None
     op_diff = need_diff and grad_diff is None
@@ -322,7 +333,7 @@ def _diffusion_fwd_backward(ctx, grad_loss, _grad_sample_loss, _grad_grad):
         buf = saved_buf
     gf = None
     if buf is not None and need_f:
-        gf = buf.mul_(grad_loss) if in_place else buf * grad_loss
+        gf = _scaled(buf, grad_loss, in_place)
     gx = ge = None
     op_f = need_f and gf is None
     if op_f or need_x or need_e:
