@@ -90,7 +90,7 @@ def test_diffusion_loss_matches_reference(device, dtype, prediction, weighting, 
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("loss_type", ["l2", "pseudo_huber"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("dtype", HALF)
