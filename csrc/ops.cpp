@@ -188,6 +188,18 @@ TORCH_LIBRARY(fastgenloss, m) {
   m.def(
       "diffusion_mix_bwd(Tensor grad, Tensor t, Tensor? table, int kind, bool sample_grad, "
       "bool noise_grad) -> (Tensor, Tensor)");
+  // Style (csrc/style_ops.cpp): gram = scale * F F^T ([N, C, L] or [N, C, H, W, ...] ->
+  // [N, C, C]); style_fwd -> (loss, diff) with diff = G_x - G_y in the accumulation dtype (kept
+  // for backward); style_bwd -> (grad_input, grad_target), each [0] when not asked for.
+  m.def("gram(Tensor features, float scale) -> Tensor");
+  m.def("gram_bwd(Tensor grad, Tensor features, float scale) -> Tensor");
+  m.def(
+      "style_fwd(Tensor input, Tensor target, bool target_is_gram, float scale, int reduction) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "style_bwd(Tensor grad_output, Tensor diff, Tensor input, Tensor target, "
+      "bool target_is_gram, float scale, int reduction, bool input_grad, bool target_grad) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {

@@ -40,12 +40,14 @@ from .functional import (  # noqa: E402
     edm_noise,
     flow_matching_loss,
     flow_noise,
+    gram_matrix,
     huber_loss,
     l1_loss,
     mse_loss,
     pixel_loss,
     smooth_l1_loss,
     snr,
+    style_loss,
     velocity,
 )
 
@@ -75,6 +77,7 @@ __all__ = [
     "edm_noise",
     "flow_matching_loss",
     "flow_noise",
+    "gram_matrix",
     "huber_loss",
     "l1_loss",
     "mse_loss",
@@ -83,5 +86,6 @@ __all__ = [
     "reference",
     "smooth_l1_loss",
     "snr",
+    "style_loss",
     "velocity",
 ]

@@ -443,3 +443,89 @@ class DiffusionMixFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return _mix_backward(ctx, grad)
+
+
+# ---- Gram matrices and the style loss ---------------------------------------------------------
+
+@torch.library.register_fake("fastgenloss::gram")
+def _gram_fake(features, scale):
+    n, c = features.shape[0], features.shape[1]
+    return features.new_empty((n, c, c))
+
+
+@torch.library.register_fake("fastgenloss::gram_bwd")
+def _gram_bwd_fake(grad, features, scale):
+    return features.new_empty(features.shape)
+
+
+@torch.library.register_fake("fastgenloss::style_fwd")
+def _style_fwd_fake(input, target, target_is_gram, scale, reduction):
+    n, c = input.shape[0], input.shape[1]
+    diff = input.new_empty((n, c, c), dtype=_acc_dtype(input.dtype))
+    loss = input.new_empty((n, c, c) if reduction == REDUCE_NONE else (),
+                           dtype=_acc_dtype(input.dtype))
+    return loss, diff
+
+
+@torch.library.register_fake("fastgenloss::style_bwd")
+def _style_bwd_fake(grad_output, diff, input, target, target_is_gram, scale, reduction,
+                    input_grad, target_grad):
+    gi = input.new_empty(input.shape) if input_grad else input.new_empty((0,))
+    gt = target.new_empty(target.shape) if target_grad else input.new_empty((0,))
+    return gi, gt
+
+
+def _gram_setup_context(ctx, inputs, output):
+    features, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(features)
+
+
+def _gram_backward(ctx, grad):
+    (features,) = ctx.saved_tensors
+    if grad is None or not ctx.needs_input_grad[0]:
+        return None, None
+    return torch.ops.fastgenloss.gram_bwd(grad, features, ctx.scale), None
+
+
+torch.library.register_autograd("fastgenloss::gram", _gram_backward,
+                                setup_context=_gram_setup_context)
+
+
+def _second_order_error(ctx, *grads):
+    raise NotImplementedError(
+        "fastgenloss: second derivatives of the Gram matrix / style loss are not implemented "
+        "(differentiate once, without create_graph=True)")
+
+
+def _no_setup(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("fastgenloss::gram_bwd", _second_order_error,
+                                setup_context=_no_setup)
+torch.library.register_autograd("fastgenloss::style_bwd", _second_order_error,
+                                setup_context=_no_setup)
+
+
+def _style_setup_context(ctx, inputs, output):
+    input, target, target_is_gram, scale, reduction = inputs
+    _loss, diff = output
+    ctx.mark_non_differentiable(diff)
+    ctx.set_materialize_grads(False)
+    ctx.params = (target_is_gram, scale, reduction)
+    ctx.save_for_backward(diff, input, target)
+
+
+def _style_backward(ctx, grad_loss, _grad_diff):
+    diff, input, target = ctx.saved_tensors
+    need_i, need_t = ctx.needs_input_grad[:2]
+    if grad_loss is None or not (need_i or need_t):
+        return None, None, None, None, None
+    gi, gt = torch.ops.fastgenloss.style_bwd(grad_loss, diff, input, target, *ctx.params,
+                                             need_i, need_t)
+    return (gi if need_i else None), (gt if need_t else None), None, None, None
+
+
+torch.library.register_autograd("fastgenloss::style_fwd", _style_backward,
+                                setup_context=_style_setup_context)

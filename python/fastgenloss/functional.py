@@ -41,12 +41,14 @@ __all__ = [
     "edm_noise",
     "flow_matching_loss",
     "flow_noise",
+    "gram_matrix",
     "huber_loss",
     "l1_loss",
     "mse_loss",
     "pixel_loss",
     "smooth_l1_loss",
     "snr",
+    "style_loss",
     "velocity",
 ]
 
@@ -567,3 +569,87 @@ def snr(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     _check_timesteps(fn, timesteps, alphas_cumprod, timesteps.numel(), timesteps.device)
     ab = alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]
     return (ab / (1.0 - ab)).to(torch.float32)
+
+
+# ==== style: Gram matrices and the style loss ================================================
+
+def _check_features(fn: str, name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}: {name} must be float32, float64, float16 or bfloat16, got {_desc(t)}")
+    if t.dim() < 3:
+        raise ValueError(
+            f"{fn}: {name} must be features [N, C, H, W] (or [N, C, L], [N, C, D, H, W]), got "
+            f"{_desc(t)}")
+
+
+def _gram_scale(features: Tensor, normalize: bool) -> float:
+    if not normalize:
+        return 1.0
+    m = 1
+    for s in features.shape[1:]:
+        m *= int(s)
+    return 1.0 / m if m > 0 else 1.0
+
+
+def gram_matrix(features: Tensor, *, normalize: bool = True) -> Tensor:
+    """G = F F^T / (C*H*W) per sample: [N, C, H, W] (or [N, C, L], [N, C, D, H, W]) -> [N, C, C],
+    in the features' dtype. ``normalize=False`` leaves out the 1/(C*H*W). The scale is applied
+    inside the matrix product (float accumulation), so a float16 Gram whose unscaled sums would
+    overflow stays finite. channels_last features are read in place."""
+    _check_features("gram_matrix", "features", features)
+    return torch.ops.fastgenloss.gram(features, _gram_scale(features, normalize))
+
+
+def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
+               reduction: str = "mean", target_is_gram: bool | None = None,
+               normalize: bool = True) -> Tensor:
+    """MSE between the Gram matrices of ``input_features`` and of the target:
+    ``mse_loss(gram_matrix(input), gram_matrix(target), reduction=reduction)``.
+
+    The target is features of the input's shape, or a precomputed Gram (the usual case: the
+    style image's Grams are computed once) of shape [N, C, C], [1, C, C] or [C, C] (broadcast
+    over the batch). Which one it is follows from its shape; ``target_is_gram`` says it
+    explicitly, and must when the two readings are both possible ([N, C, C] features with
+    L = C). The loss is float32 for float16/bfloat16 features (float64 for float64): squared
+    Gram differences overflow float16 long before the Grams do. fwd+bwd is two matrix products (bmm + mse under autograd runs three): the target
+    Gram is subtracted inside the first, and the backward uses that D = G_x - G_y is symmetric.
+    """
+    fn = "style_loss"
+    _check_features(fn, "input_features", input_features)
+    tgt = target_features_or_gram
+    if not isinstance(tgt, Tensor):
+        raise TypeError(f"{fn}: target_features_or_gram must be a torch.Tensor, got "
+                        f"{type(tgt).__name__}")
+    if not tgt.is_floating_point():
+        raise TypeError(f"{fn}: target_features_or_gram must be floating, got {_desc(tgt)}")
+    if tgt.device != input_features.device:
+        raise ValueError(f"{fn}: target_features_or_gram {_desc(tgt)} and input_features "
+                         f"{_desc(input_features)} must be on the same device")
+    n, c = input_features.shape[0], input_features.shape[1]
+    gram_shape = tgt.dim() == 2 and tuple(tgt.shape) == (c, c) or (
+        tgt.dim() == 3 and tuple(tgt.shape[1:]) == (c, c) and tgt.shape[0] in (1, n))
+    feat_shape = tgt.shape == input_features.shape
+    if target_is_gram is None:
+        if gram_shape and feat_shape:
+            raise ValueError(
+                f"{fn}: target {_desc(tgt)} could be features or a Gram for input_features "
+                f"{_desc(input_features)}; say which with target_is_gram=True/False")
+        if not (gram_shape or feat_shape):
+            raise ValueError(
+                f"{fn}: target_features_or_gram {_desc(tgt)} is neither features like "
+                f"input_features {_desc(input_features)} nor a Gram [{n}, {c}, {c}], "
+                f"[1, {c}, {c}] or [{c}, {c}]")
+        target_is_gram = gram_shape
+    elif target_is_gram and not gram_shape:
+        raise ValueError(f"{fn}: target Gram {_desc(tgt)} must be [{n}, {c}, {c}], "
+                         f"[1, {c}, {c}] or [{c}, {c}]")
+    elif not target_is_gram and not feat_shape:
+        raise ValueError(f"{fn}: target features {_desc(tgt)} must have input_features' shape "
+                         f"{list(input_features.shape)}")
+    red = _diffusion_reduction(fn, reduction)
+    args = (input_features, tgt, bool(target_is_gram), _gram_scale(input_features, normalize), red)
+    loss, _ = torch.ops.fastgenloss.style_fwd(*args)
+    return loss

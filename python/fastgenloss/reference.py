@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["add_noise", "charbonnier_loss", "diffusion_loss", "edm_loss", "edm_noise",
-           "flow_matching_loss", "flow_noise", "huber_loss", "l1_loss", "mse_loss", "pixel_loss",
-           "smooth_l1_loss", "snr", "velocity"]
+           "flow_matching_loss", "flow_noise", "gram_matrix", "huber_loss", "l1_loss", "mse_loss", "pixel_loss",
+           "smooth_l1_loss", "snr", "style_loss", "velocity"]
 
 
 def _reduce(loss: Tensor, reduction: str, weight: Tensor | None, by_weight: bool,
@@ -250,3 +250,28 @@ def edm_loss(model_output: Tensor, sample: Tensor, noise: Tensor, sigmas: Tensor
     else:
         w = None
     return _finish(denoised, sample, w, loss_type, huber_c, reduction)
+
+
+# ---- style ------------------------------------------------------------------------------------
+# As style-transfer code writes it (and piq's StyleLoss): a batched matmul per layer, divided by
+# C*H*W, then the MSE between the Grams.
+
+
+def gram_matrix(features: Tensor, *, normalize: bool = True) -> Tensor:
+    n, c = features.shape[:2]
+    f = features.reshape(n, c, -1)
+    g = torch.bmm(f, f.transpose(1, 2))
+    return g / (c * f.shape[2]) if normalize and c * f.shape[2] > 0 else g
+
+
+def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
+               reduction: str = "mean", target_is_gram: bool | None = None,
+               normalize: bool = True) -> Tensor:
+    gx = gram_matrix(input_features, normalize=normalize)
+    t = target_features_or_gram
+    if target_is_gram is None:
+        target_is_gram = t.shape != input_features.shape
+    gy = t if target_is_gram else gram_matrix(t, normalize=normalize)
+    # the MSE in float for half Grams (its value can exceed float16's range)
+    acc = torch.float64 if gx.dtype == torch.float64 else torch.float32
+    return F.mse_loss(gx.to(acc), gy.expand_as(gx).to(acc), reduction=reduction)

@@ -1,0 +1,169 @@
+// Gram matrices and the style loss, composed from ATen's batched GEMM (BLAS on the CPU, cuBLAS
+// on CUDA) with every scale folded into a GEMM's alpha and every difference into its beta:
+//
+//   gram:      G = s F F^T                       one GEMM (alpha = s: no overflow in half,
+//                                                the product is scaled in float before it is
+//                                                rounded)
+//   style fwd: D = s F_x F_x^T - G_y             one GEMM (beta = -1 over G_y), then sum D^2
+//   style bwd: dL/dF_x = 4 s c go D F_x          one GEMM (D is symmetric, so d(F F^T) needs
+//                                                one product, not the two autograd runs)
+//
+// so fwd+bwd is two GEMMs where bmm + mse under autograd runs three, and nothing of size
+// [N, C, C] beyond D is kept. Registered as CompositeExplicitAutograd: one implementation for
+// every device (the GEMMs dispatch to the device's library).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastgenloss/pixel_math.h"  // reduction codes
+
+namespace fastgenloss {
+namespace {
+
+constexpr const char* kOp = "fastgenloss::style";
+
+at::ScalarType acc_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// [N, C, H, W] (any trailing dims) or [N, C, L] as [N, C, L]: a view for contiguous and
+// channels_last layouts.
+at::Tensor as_ncl(const at::Tensor& f, const char* name) {
+  TORCH_CHECK(f.dim() >= 3, kOp, ": ", name, " must be [N, C, L] or [N, C, H, W, ...], got ",
+              f.sizes());
+  TORCH_CHECK(at::isFloatingType(f.scalar_type()), kOp, ": ", name,
+              " must be a floating tensor, got ", f.scalar_type());
+  return f.dim() == 3 ? f : f.flatten(2);
+}
+
+// scale * F F^T in F's dtype (the GEMM applies the scale in its float epilogue).
+at::Tensor gram_of(const at::Tensor& f3, double scale) {
+  const auto n = f3.size(0), c = f3.size(1);
+  at::Tensor out = at::empty({n, c, c}, f3.options());
+  if (f3.size(2) == 0) return out.zero_();
+  return at::baddbmm_out(out, out, f3, f3.transpose(1, 2), /*beta=*/0.0, /*alpha=*/scale);
+}
+
+// D = scale * F_x F_x^T - G_y, in the accumulation dtype, G_y broadcast over the batch.
+at::Tensor style_diff(const at::Tensor& x3, const at::Tensor& gy, double scale) {
+  const auto acc = acc_of(x3.scalar_type());
+  const auto n = x3.size(0), c = x3.size(1);
+  if (x3.scalar_type() == acc && gy.scalar_type() == acc && x3.size(2) > 0) {
+    // fused: the GEMM subtracts the target Gram in its epilogue (beta = -1)
+    // a fresh copy: never write into the caller's target Gram (expand + contiguous may alias it)
+    at::Tensor d = at::empty({n, c, c}, x3.options()).copy_(gy.expand({n, c, c}));
+    return at::baddbmm_out(d, d, x3, x3.transpose(1, 2), /*beta=*/-1.0, /*alpha=*/scale);
+  }
+  // half precision: the GEMM runs in the data's dtype (float accumulation, scaled before it is
+  // rounded), the difference in float
+  return gram_of(x3, scale).to(acc).sub_(gy.to(acc));
+}
+
+at::Tensor target_gram(const at::Tensor& input3, const at::Tensor& target, bool target_is_gram,
+                       double scale) {
+  const auto n = input3.size(0), c = input3.size(1);
+  if (target_is_gram) {
+    TORCH_CHECK(at::isFloatingType(target.scalar_type()), kOp,
+                ": target Gram must be a floating tensor, got ", target.scalar_type());
+    const bool ok = (target.dim() == 2 && target.size(0) == c && target.size(1) == c) ||
+                    (target.dim() == 3 && (target.size(0) == n || target.size(0) == 1) &&
+                     target.size(1) == c && target.size(2) == c);
+    TORCH_CHECK(ok, kOp, ": target Gram must be [", n, ", ", c, ", ", c, "], [1, ", c, ", ", c,
+                "] or [", c, ", ", c, "], got ", target.sizes());
+    return target.dim() == 2 ? target.unsqueeze(0) : target;
+  }
+  const at::Tensor t3 = as_ncl(target, "target");
+  TORCH_CHECK(t3.size(0) == n && t3.size(1) == c && t3.size(2) == input3.size(2), kOp,
+              ": target features ", target.sizes(), " must match input ", input3.sizes());
+  return gram_of(t3.to(input3.scalar_type()), scale);
+}
+
+double reduce_scale(int64_t reduction, int64_t count) {
+  return reduction == kReduceMean ? 1.0 / double(count > 0 ? count : 1) : 1.0;
+}
+
+}  // namespace
+
+at::Tensor gram_impl(const at::Tensor& features, double scale) {
+  return gram_of(as_ncl(features, "features"), scale);
+}
+
+// d/dF of <grad, s F F^T> = s (grad + grad^T) F
+at::Tensor gram_bwd_impl(const at::Tensor& grad, const at::Tensor& features, double scale) {
+  const at::Tensor f3 = as_ncl(features, "features");
+  const at::Tensor sym = (grad + grad.transpose(1, 2)).to(f3.scalar_type());
+  at::Tensor out = at::empty_like(f3, at::MemoryFormat::Contiguous);
+  at::baddbmm_out(out, out, sym, f3, 0.0, scale);
+  return out.view(features.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> style_fwd_impl(const at::Tensor& input, const at::Tensor& target,
+                                                  bool target_is_gram, double scale,
+                                                  int64_t reduction) {
+  TORCH_CHECK(reduction >= kReduceNone && reduction <= kReduceSum, kOp,
+              ": unknown reduction code ", reduction);
+  const at::Tensor x3 = as_ncl(input, "input");
+  TORCH_CHECK(target.device() == input.device(), kOp, ": target is on ", target.device(),
+              " but input is on ", input.device());
+  const at::Tensor gy = target_gram(x3, target, target_is_gram, scale);
+  const at::Tensor d = style_diff(x3, gy, scale);
+  // The loss stays in the accumulation dtype (float32 for half features): squared Gram
+  // differences overflow float16 long before the Grams themselves do.
+  at::Tensor loss;
+  if (reduction == kReduceNone) {
+    loss = d.square();
+  } else {
+    loss = d.square().sum();
+    if (reduction == kReduceMean) loss = loss.div(double(d.numel()));  // numel 0: NaN, as torch
+  }
+  return {loss, d};
+}
+
+std::tuple<at::Tensor, at::Tensor> style_bwd_impl(const at::Tensor& grad_output,
+                                                  const at::Tensor& diff,
+                                                  const at::Tensor& input,
+                                                  const at::Tensor& target, bool target_is_gram,
+                                                  double scale, int64_t reduction, bool input_grad,
+                                                  bool target_grad) {
+  const at::Tensor x3 = as_ncl(input, "input");
+  const auto acc = diff.scalar_type();
+  // dL/dD = 2 c go D, c = 1/numel(D) (mean) or 1; go per element for reduction none
+  const double c = reduce_scale(reduction, diff.numel());
+  at::Tensor dD;  // go * D (the constant 2c goes into the GEMMs' alpha)
+  if (reduction == kReduceNone) {
+    dD = grad_output.to(acc).mul(diff);
+    dD = (dD + dD.transpose(1, 2)).mul_(0.5);  // symmetric part (go need not be symmetric)
+  } else {
+    dD = diff.mul(grad_output.to(acc));
+  }
+  at::Tensor gi, gt;
+  // dL/dF = s (dL/dD + dL/dD^T) F = 4 s c (go D) F for symmetric go D
+  auto feat_grad = [&](const at::Tensor& f, const at::Tensor& like, double sign) {
+    at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
+    if (f.size(2) == 0 || f.size(1) == 0) return out.zero_().view(like.sizes());
+    at::baddbmm_out(out, out, dD.to(f.scalar_type()), f, 0.0, sign * 4.0 * scale * c);
+    return out.view(like.sizes());
+  };
+  if (input_grad) gi = feat_grad(x3, input, 1.0);
+  if (target_grad) {
+    if (target_is_gram) {
+      // dL/dG_y = -2 c go D, summed over a broadcast batch
+      at::Tensor g = dD.mul(-2.0 * c);
+      if (reduction == kReduceNone) g = grad_output.to(acc).mul(diff).mul_(-2.0 * c);
+      const bool bcast = target.dim() == 2 || target.size(0) != diff.size(0);
+      if (bcast) g = g.sum(0, /*keepdim=*/target.dim() == 3);
+      gt = g.to(target.scalar_type());
+    } else {
+      const at::Tensor t3 = as_ncl(target, "target").to(input.scalar_type());
+      gt = feat_grad(t3, target, -1.0).to(target.scalar_type());
+    }
+  }
+  auto none = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, input.options()); };
+  return {none(gi), none(gt)};
+}
+
+}  // namespace fastgenloss
+
+TORCH_LIBRARY_IMPL(fastgenloss, CompositeExplicitAutograd, m) {
+  m.impl("gram", &fastgenloss::gram_impl);
+  m.impl("gram_bwd", &fastgenloss::gram_bwd_impl);
+  m.impl("style_fwd", &fastgenloss::style_fwd_impl);
+  m.impl("style_bwd", &fastgenloss::style_bwd_impl);
+}
