@@ -2,10 +2,13 @@
 # The GPU checks of a session that is lent a GPU machine, one stage per call (each call of the
 # device tool may run 10 minutes):
 #
-#   bash bench/gpu_session.sh build    # compile for the GPU at hand, print build_info
+#   bash bench/gpu_session.sh build    # compile for the GPU at hand (a wheel), print build_info
+#   bash bench/gpu_session.sh install DIR   # install a wheel an earlier build returned
 #   bash bench/gpu_session.sh test     # the whole test suite, CUDA included
 #   bash bench/gpu_session.sh bench    # pytest-benchmark on CUDA + report table (copy rate, % copy)
 #   bash bench/gpu_session.sh bench-diffusion   # the diffusion losses (64x4x64x64, 16x16x128x128)
+#   bash bench/gpu_session.sh bench-style       # Gram / style loss on VGG-19 feature shapes
+#   bash bench/gpu_session.sh device-times      # device time and launches per step (torch.profiler)
 #   bash bench/gpu_session.sh main     # python -m fastgenloss on CUDA
 #
 # Logs go to $OUT (the device tool's folder that comes back) or bench/results/; name them
@@ -14,28 +17,52 @@
 # --no-deps. Never run on zeros, never change the card's settings (see the device METHOD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_session.sh build|test|bench|bench-diffusion|main}
+stage=${1:?usage: gpu_session.sh build|install DIR|test|bench|bench-diffusion|bench-style|device-times|main}
 out=${OUT:-bench/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' || echo gpu)
 tag="$out/${gpu}-$(date +%F)"
 log() { tee -a "$tag-$stage.log"; }
+kernels_sum() { find csrc CMakeLists.txt -type f | LC_ALL=C sort | xargs cat | sha1sum | cut -c1-40; }
 
 case "$stage" in
   build)
     { nvidia-smi; python -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | log
     # Only the architecture of the card at hand: half the compile time of the default 80;90.
     arch=$(python -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}{n}')")
+    # A wheel, not an editable install: it comes back in $OUT, and a later call on a fresh machine
+    # with unchanged kernels installs it (stage install) instead of compiling again.
+    start=$(date +%s)
     FASTGENLOSS_CUDA=ON FASTGENLOSS_CUDA_ARCHS=$arch \
-      python -m pip install --no-build-isolation --no-deps -e . -C build-dir=build/gpu 2>&1 | tail -5 | log
-    python -c "import fastgenloss; print(fastgenloss.build_info())" 2>&1 | log
+      python -m pip wheel --no-build-isolation --no-deps . -C build-dir=build/gpu -w "$out" 2>&1 | tail -3 | log
+    echo "build took $(( $(date +%s) - start )) s" | log
+    kernels_sum > "$out/kernels.sha1"
+    python -m pip install -q --no-deps --force-reinstall "$out"/fastgenloss-*.whl 2>&1 | log
+    (cd /tmp && python -c "import fastgenloss; print(fastgenloss.__file__); print(fastgenloss.build_info())") 2>&1 | log
+    ;;
+  install)
+    # A wheel an earlier build stage returned, carried in (bash bench/gpu_session.sh install DIR),
+    # then the working tree's Python files over it: valid while the C++/CUDA sources are those
+    # the wheel was built from (DIR/kernels.sha1), refused otherwise.
+    dir=${2:?wheel folder}
+    if [ "$(kernels_sum)" != "$(cat "$dir/kernels.sha1")" ]; then
+      echo "csrc/ or CMakeLists.txt changed since $dir's wheel was built: run the build stage" | log
+      exit 1
+    fi
+    python -m pip install -q --no-deps --force-reinstall "$dir"/fastgenloss-*.whl 2>&1 | log
+    site=$(cd /tmp && python -c "import fastgenloss, os; print(os.path.dirname(fastgenloss.__file__))")
+    cp python/fastgenloss/*.py "$site"/
+    (cd /tmp && python -c "import fastgenloss; print(fastgenloss.__file__); print(fastgenloss.build_info())") 2>&1 | log
     ;;
   test)
     # Known (2026-11-22, H100 machine: Ubuntu GCC 13.3 + torch 2.11): a C++ argument check that
     # throws from our library crashes the process (segfault in std::ostream formatting inside
     # _C). That test runs alone first, so a crash cannot hide the rest of the suite.
     python -m pytest -q -p no:cacheprovider tests/test_errors.py -k test_direct_op_call_is_checked_in_cpp 2>&1 | tail -3 | log || true
-    python -m pytest -q -p no:cacheprovider tests -k "not test_direct_op_call_is_checked_in_cpp" 2>&1 | tail -40 | log
+    # Eight workers (the machine has 16 cores); the whole log goes to $tag-test-full.log.
+    python -m pytest -q -p no:cacheprovider -n 8 tests -k "${FGL_TEST_K:-not test_direct_op_call_is_checked_in_cpp}" \
+      > "$tag-test-full.log" 2>&1 || true
+    tail -40 "$tag-test-full.log" | log
     ;;
   bench)
     FGL_BENCH_DEVICE=cuda python -m pytest bench/bench_pixel.py -q -p no:cacheprovider \
@@ -44,11 +71,20 @@ case "$stage" in
     grep -E "copy rate|fwd\+bwd" "$tag-bench.md" | head -60
     ;;
   bench-diffusion)
-    FGL_BENCH_DEVICE=cuda FGL_BENCH_SIZES=16M python -m pytest bench/bench_pixel.py::test_copy_bandwidth \
-      bench/bench_diffusion.py -q -p no:cacheprovider --benchmark-max-time=0.2 \
+    FGL_BENCH_DEVICE=cuda FGL_BENCH_SIZES=16M FGL_BENCH_LATENTS=64x4x64x64,16x16x128x128,4x16x16x128x128 \
+      python -m pytest bench/bench_pixel.py::test_copy_bandwidth bench/bench_diffusion.py -q -p no:cacheprovider --benchmark-max-time=0.2 \
       --benchmark-json="$tag-bench-diffusion.json" 2>&1 | tail -3 | log
     python bench/report.py "$tag-bench-diffusion.json" > "$tag-bench-diffusion.md"
     grep -E "copy rate|fwd\+bwd" "$tag-bench-diffusion.md" | head -60
+    ;;
+  bench-style)
+    FGL_BENCH_DEVICE=cuda python -m pytest bench/bench_style.py -q -p no:cacheprovider \
+      --benchmark-max-time=0.2 --benchmark-json="$tag-bench-style.json" 2>&1 | tail -3 | log
+    python bench/report.py "$tag-bench-style.json" > "$tag-bench-style.md"
+    grep -E "fwd\+bwd" "$tag-bench-style.md" | head -40
+    ;;
+  device-times)
+    python bench/device_times.py --out "$tag-device-times.md" 2>&1 | grep -v "^USDT\|profiler_st" | log
     ;;
   main)
     python -m fastgenloss --device cuda --plot "$tag-speedup.png" 2>&1 | log

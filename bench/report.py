@@ -1,4 +1,4 @@
-"""Turn a pytest-benchmark JSON of bench_pixel.py / bench_diffusion.py into a markdown table: median ms per
+"""Turn a pytest-benchmark JSON of bench_pixel.py / bench_diffusion.py / bench_style.py into a markdown table: median ms per
 (loss, size, dtype) for fastgenloss / eager reference / torch.compile, speedups, peak memory,
 and fastgenloss's rate over the fewest bytes the pass must move as a share of the measured copy
 rate (test_copy_bandwidth) of the same dtype.
@@ -19,6 +19,7 @@ def main(path: str) -> None:
     meta = {}
     copy_rate = {}  # dtype -> bytes per second
     min_bytes = {}
+    flops = {}  # GEMM passes (bench_style.py): their multiply-add rate instead of a copy share
     for b in data["benchmarks"]:
         e = b["extra_info"]
         if e["case"] == "copy":
@@ -27,6 +28,7 @@ def main(path: str) -> None:
         key = (e["case"], e.get("shape", e["numel"]), e["dtype"])
         rows[key][(e["impl"], e["passes"])] = (b["stats"]["median"] * 1e3, e.get("peak_mem_bytes"))
         min_bytes[key + (e["passes"],)] = e.get("bytes")
+        flops[key + (e["passes"],)] = e.get("flops")
         meta = e
     mi = data.get("machine_info", {})
     print(f"Device: {meta.get('device_name')} ({meta.get('device')}), threads {meta.get('threads')}, "
@@ -35,7 +37,8 @@ def main(path: str) -> None:
     for dt, rate in sorted(copy_rate.items()):
         print(f"\nMeasured copy rate ({dt}, read + write): {rate / 1e9:.1f} GB/s")
     print("\n% copy: fastgenloss's rate over the fewest bytes the pass must move "
-          "(min_bytes of the bench file), as a share of the copy rate.\n")
+          "(min_bytes of the bench file), as a share of the copy rate; for the GEMM-bound "
+          "style passes, the rate of the matrix products' floating-point operations.\n")
     print("| loss | elements | dtype | pass | fastgenloss ms | reference ms | compile ms "
           "| vs ref | vs compile | % copy | peak MB ours / ref / compile |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -62,6 +65,9 @@ def main(path: str) -> None:
             nbytes = min_bytes.get(key + (passes,))
             if nbytes and key[2] in copy_rate:
                 pct = f"{100 * nbytes / (ours[0] / 1e3) / copy_rate[key[2]]:.0f}%"
+            nflops = flops.get(key + (passes,))
+            if nflops:
+                pct = f"{nflops / (ours[0] / 1e3) / 1e12:.3g} TFLOP/s"
             print(f"| {key[0]} | {key[1]} | {key[2]} | {passes} | {fmt(ours)} | {fmt(ref)} | "
                   f"{fmt(comp)} | {speed(ref)} | {speed(comp)} | {pct} | {mem} |")
 

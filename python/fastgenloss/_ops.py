@@ -13,6 +13,21 @@ REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM, REDUCE_WEIGHT_MEAN, REDUCE_MASKED_MEAN = r
 _WEIGHTED_MEANS = (REDUCE_WEIGHT_MEAN, REDUCE_MASKED_MEAN)
 
 
+def _direct(op, *args):
+    """op's CPU/CUDA kernel, called below its Autograd-key kernel. torch.library's Python
+    autograd wrapper runs even with grad mode off (a redispatch, ~20 us a call: as long as the
+    kernel itself on a latent-sized tensor); where autograd is not wanted (inside an
+    autograd.Function's forward, an eager first-order backward, an eager no-grad call) this
+    skips it. Tracing (torch.compile's fake and functional tensors) keeps the plain call."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _eager_no_grad(t: torch.Tensor) -> bool:
+    """A plain tensor (not one of torch.compile's tracing subclasses) with grad mode off."""
+    return type(t) is torch.Tensor and not torch.is_grad_enabled()
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -109,10 +124,11 @@ def _pixel_fwd_backward(ctx, grad_loss, _grad_grad, grad_wsum):
     grad_weight = None
     op_diff = need_diff and grad_diff is None
     if op_diff or need_weight:
-        gi, gw = torch.ops.fastgenloss.pixel_bwd(
-            grad_loss, input, target, weight,
-            loss if loss is not None else wsum.new_empty((0,)), wsum, *params,
-            op_diff, need_weight)
+        args = (grad_loss, input, target, weight,
+                loss if loss is not None else wsum.new_empty((0,)), wsum, *params,
+                op_diff, need_weight)
+        op = torch.ops.fastgenloss.pixel_bwd.default
+        gi, gw = _direct(op, *args) if _eager_no_grad(grad_loss) else op(*args)
         if op_diff:
             grad_diff = gi
         if need_weight:
@@ -234,8 +250,7 @@ class PixelFwdFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        # grad mode is off in here, so the op goes straight to its CPU/CUDA kernel
-        out = torch.ops.fastgenloss.pixel_fwd.default(*args)
+        out = _direct(torch.ops.fastgenloss.pixel_fwd.default, *args)
         _pixel_fwd_setup_context(ctx, args, out)
         return out
 
@@ -337,9 +352,10 @@ def _diffusion_fwd_backward(ctx, grad_loss, _grad_sample_loss, _grad_grad):
     gx = ge = None
     op_f = need_f and gf is None
     if op_f or need_x or need_e:
-        f_, x_, e_ = torch.ops.fastgenloss.diffusion_bwd(
-            grad_loss, model_output, sample, noise, t, table, weight, *params,
-            op_f, need_x, need_e)
+        args = (grad_loss, model_output, sample, noise, t, table, weight, *params,
+                op_f, need_x, need_e)
+        op = torch.ops.fastgenloss.diffusion_bwd.default
+        f_, x_, e_ = _direct(op, *args) if _eager_no_grad(grad_loss) else op(*args)
         if op_f:
             gf = f_
         gx = x_ if need_x else None
@@ -384,7 +400,9 @@ def _mix_backward(ctx, grad):
     need_x, need_e = ctx.needs_input_grad[:2]
     if grad is None or not (need_x or need_e):
         return None, None, None, None, None
-    gx, ge = torch.ops.fastgenloss.diffusion_mix_bwd(grad, t, table, ctx.kind, need_x, need_e)
+    args = (grad, t, table, ctx.kind, need_x, need_e)
+    op = torch.ops.fastgenloss.diffusion_mix_bwd.default
+    gx, ge = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
     return (gx if need_x else None), (ge if need_e else None), None, None, None
 
 
@@ -422,7 +440,7 @@ class DiffusionFwdFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        out = torch.ops.fastgenloss.diffusion_fwd.default(*args)
+        out = _direct(torch.ops.fastgenloss.diffusion_fwd.default, *args)
         _diffusion_fwd_setup_context(ctx, args, out)
         return out
 
@@ -436,7 +454,7 @@ class DiffusionMixFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        out = torch.ops.fastgenloss.diffusion_mix.default(*args)
+        out = _direct(torch.ops.fastgenloss.diffusion_mix.default, *args)
         _mix_setup_context(ctx, args, out)
         return out
 

@@ -31,7 +31,7 @@ from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOIS
                    REDUCE_WEIGHT_MEAN, SCHED_ALPHAS_CUMPROD, SCHED_EDM, SCHED_FLOW,
                    WEIGHT_COSMAP, WEIGHT_EDM, WEIGHT_INVERSE_SNR, WEIGHT_MIN_SNR,
                    WEIGHT_MIN_SNR_FLOORED, WEIGHT_NONE, WEIGHT_SIGMA_SQRT, WEIGHT_SNR,
-                   DiffusionFwdFunction, DiffusionMixFunction, PixelFwdFunction)
+                   DiffusionFwdFunction, DiffusionMixFunction, PixelFwdFunction, _direct)
 
 __all__ = [
     "add_noise",
@@ -54,6 +54,14 @@ __all__ = [
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _REDUCTIONS = {"none": REDUCE_NONE, "mean": REDUCE_MEAN, "sum": REDUCE_SUM}
+
+
+def _no_grad_call(op, args):
+    """A call that autograd need not record (no input requires grad, or grad mode is off):
+    straight to the kernel in eager mode (see _ops._direct); the plain op while tracing."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return _direct(op, *args)
 
 
 def _desc(t: Tensor) -> str:
@@ -138,7 +146,7 @@ def _fused(fn: str, input: Tensor, target: Tensor, weight, *, l1=0.0, mse=0.0,
     if needs_grad and not torch.compiler.is_compiling():
         loss, _, _ = PixelFwdFunction.apply(*args)  # eager: same op and formula, less overhead
     else:
-        loss, _, _ = torch.ops.fastgenloss.pixel_fwd(*args)
+        loss, _, _ = _no_grad_call(torch.ops.fastgenloss.pixel_fwd.default, args)
     return loss
 
 
@@ -407,7 +415,7 @@ def _diffusion_call(model_output, sample, noise, t, table, weight, schedule, pre
     if needs_grad and not torch.compiler.is_compiling():
         loss, _, _ = DiffusionFwdFunction.apply(*args)
     else:
-        loss, _, _ = torch.ops.fastgenloss.diffusion_fwd(*args)
+        loss, _, _ = _no_grad_call(torch.ops.fastgenloss.diffusion_fwd.default, args)
     return loss
 
 
@@ -532,7 +540,7 @@ def _mix(fn: str, sample, noise, t, table, kind: int) -> Tensor:
     if torch.is_grad_enabled() and (sample.requires_grad or noise.requires_grad) and \
             not torch.compiler.is_compiling():
         return DiffusionMixFunction.apply(*args)
-    return torch.ops.fastgenloss.diffusion_mix(*args)
+    return _no_grad_call(torch.ops.fastgenloss.diffusion_mix.default, args)
 
 
 def add_noise(sample: Tensor, noise: Tensor, timesteps: Tensor,
