@@ -65,28 +65,29 @@ def _sync(device_type):
         torch.cuda.synchronize()
 
 
-def rows(device: str, dtypes, iters: int):
+def rows(device: str, dtypes, families, impl_names):
     compiled = {}
 
     def impls(name, ours, ref):
-        if name not in compiled:
+        if name not in compiled and "compile" in impl_names:
             compiled[name] = torch.compile(ref, dynamic=False)
-        return {"fastgenloss": ours, "reference": ref, "compile": compiled[name]}
+        every = {"fastgenloss": ours, "reference": ref, "compile": compiled.get(name)}
+        return {k: every[k] for k in impl_names}
 
     for dtype in dtypes:
-        for name, numel in PIXEL:
+        for name, numel in PIXEL if "pixel" in families else []:
             case = CASES[name]
             x, y, w = case.make_inputs(numel, dtype, device)
             fns = impls(name, case.ours, case.ref)
             yield name, str(numel), dtype, {
                 k: _step(lambda fn=fn: fn(x, y, w), x) for k, fn in fns.items()}
-        for name, case in DIFFUSION_CASES.items():
+        for name, case in DIFFUSION_CASES.items() if "diffusion" in families else []:
             for shape in LATENTS:
                 f, x0, ctx = case.make_inputs(0, dtype, device, shape=parse_shape(shape))
                 fns = impls(name, case.ours, case.ref)
                 yield name, shape, dtype, {
                     k: _step(lambda fn=fn: fn(f, x0, ctx), f) for k, fn in fns.items()}
-        for shape in STYLE:
+        for shape in STYLE if "style" in families else []:
             n, c, h, w_ = parse_shape(shape)
             g = torch.Generator(device="cpu").manual_seed(c)
             x = torch.randn((n, c, h, w_), generator=g).to(device, dtype).requires_grad_()
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--cases", default="pixel,diffusion,style", help="loss families")
+    ap.add_argument("--impls", default="fastgenloss,reference,compile")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("device_times.py needs a CUDA device", file=sys.stderr)
@@ -124,15 +127,17 @@ def main(argv=None) -> int:
              "compile | wall us ours / ref / compile | device: vs ref, vs compile |",
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for loss, size, dtype, steps in rows(args.device, dtypes, args.iters):
+    impl_names = [i for i in ("fastgenloss", "reference", "compile") if i in args.impls.split(",")]
+    for loss, size, dtype, steps in rows(args.device, dtypes, args.cases.split(","), impl_names):
         dev, wall = {}, {}
         for impl, step in steps.items():
             dev[impl] = device_profile(step, args.device, args.iters)
             wall[impl] = wall_us(step, args.device, args.iters)
-        o, r, c = (dev[k] for k in ("fastgenloss", "reference", "compile"))
+        na = (float("nan"), float("nan"))
+        o, r, c = (dev.get(k, na) for k in ("fastgenloss", "reference", "compile"))
+        wo, wr, wc = (wall.get(k, float("nan")) for k in ("fastgenloss", "reference", "compile"))
         line = (f"| {loss} | {size} | {str(dtype)[6:]} | {o[0]:.1f} / {r[0]:.1f} / {c[0]:.1f} | "
-                f"{o[1]:.0f} / {r[1]:.0f} / {c[1]:.0f} | "
-                f"{wall['fastgenloss']:.0f} / {wall['reference']:.0f} / {wall['compile']:.0f} | "
+                f"{o[1]:.0f} / {r[1]:.0f} / {c[1]:.0f} | {wo:.0f} / {wr:.0f} / {wc:.0f} | "
                 f"{r[0] / o[0]:.2f}x, {c[0] / o[0]:.2f}x |")
         lines.append(line)
         print(line, flush=True)

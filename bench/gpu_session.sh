@@ -60,7 +60,7 @@ case "$stage" in
     # _C). That test runs alone first, so a crash cannot hide the rest of the suite.
     python -m pytest -q -p no:cacheprovider tests/test_errors.py -k test_direct_op_call_is_checked_in_cpp 2>&1 | tail -3 | log || true
     # Eight workers (the machine has 16 cores); the whole log goes to $tag-test-full.log.
-    python -m pytest -q -p no:cacheprovider -n 8 tests -k "${FGL_TEST_K:-not test_direct_op_call_is_checked_in_cpp}" \
+    python -m pytest -q -p no:cacheprovider -n "${FGL_TEST_N:-8}" tests -k "${FGL_TEST_K:-not test_direct_op_call_is_checked_in_cpp}" \
       > "$tag-test-full.log" 2>&1 || true
     tail -40 "$tag-test-full.log" | log
     ;;
@@ -84,7 +84,9 @@ case "$stage" in
     grep -E "fwd\+bwd" "$tag-bench-style.md" | head -40
     ;;
   device-times)
-    python bench/device_times.py --out "$tag-device-times.md" 2>&1 | grep -v "^USDT\|profiler_st" | log
+    # FGL_DT_ARGS: more device_times.py options (--cases, --impls); FGL_DT_TAG names the table
+    python bench/device_times.py --out "$tag-device-times${FGL_DT_TAG:-}.md" ${FGL_DT_ARGS:-} 2>&1 \
+      | grep -v "^USDT\|profiler_st" | log
     ;;
   main)
     python -m fastgenloss --device cuda --plot "$tag-speedup.png" 2>&1 | log

@@ -254,7 +254,7 @@ int elem_size(PixelDType dt) {
 }  // namespace
 
 int diffusion_blocks_per_sample(int64_t n_samples, int64_t m, int device) {
-  const int64_t cap = int64_t(sm_count(device)) * 4;  // blocks that fill the GPU once
+  const int64_t cap = int64_t(sm_count(device)) * blocks_per_sm();  // fill the GPU once
   const int64_t want = (m + int64_t(kThreads) * 8 - 1) / (int64_t(kThreads) * 8);
   const int64_t fill = (cap + (n_samples > 0 ? n_samples : 1) - 1) / (n_samples > 0 ? n_samples : 1);
   const int64_t bps = want < fill ? want : fill;

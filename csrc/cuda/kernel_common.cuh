@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "fastgenloss/pixel_launch.h"
 
@@ -82,6 +83,17 @@ int sm_count(int device) {
     sms = 132;
   }
   return sms;
+}
+
+// Blocks per SM the reducing grids are sized for: 4 (1024 threads with 256-thread blocks),
+// unless FASTGENLOSS_BLOCKS_PER_SM (1..32) says otherwise -- read once per process, for tuning.
+int blocks_per_sm() {
+  static const int v = [] {
+    const char* e = std::getenv("FASTGENLOSS_BLOCKS_PER_SM");
+    const int x = e != nullptr ? std::atoi(e) : 0;
+    return x >= 1 && x <= 32 ? x : 4;
+  }();
+  return v;
 }
 
 }  // namespace
