@@ -33,8 +33,21 @@ at::Tensor as_ncl(const at::Tensor& f, const char* name) {
   return f.dim() == 3 ? f : f.flatten(2);
 }
 
+// ATen's CPU GEMM in float16 / bfloat16 runs a generic loop (measured: a VGG-19 style loss,
+// N = 2, fwd+bwd in 6.5 s in bfloat16 against 78 ms in float32 on 2 threads), so on the CPU
+// half-precision operands are multiplied in float32 and the result rounded once: the same
+// float accumulation the GPU's tensor cores do, at float32 BLAS speed, for a transient float32
+// copy of the features.
+bool cpu_half(const at::Tensor& t) {
+  return t.device().is_cpu() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
+}
+
+// The dtype a GEMM over `t` runs in.
+at::Tensor gemm_operand(const at::Tensor& t) { return cpu_half(t) ? t.to(at::kFloat) : t; }
+
 // scale * F F^T in F's dtype (the GEMM applies the scale in its float epilogue).
 at::Tensor gram_of(const at::Tensor& f3, double scale) {
+  if (cpu_half(f3)) return gram_of(f3.to(at::kFloat), scale).to(f3.scalar_type());
   const auto n = f3.size(0), c = f3.size(1);
   at::Tensor out = at::empty({n, c, c}, f3.options());
   if (f3.size(2) == 0) return out.zero_();
@@ -45,6 +58,10 @@ at::Tensor gram_of(const at::Tensor& f3, double scale) {
 at::Tensor style_diff(const at::Tensor& x3, const at::Tensor& gy, double scale) {
   const auto acc = acc_of(x3.scalar_type());
   const auto n = x3.size(0), c = x3.size(1);
+  if (cpu_half(x3)) {
+    // float32 GEMM, difference taken in float before any rounding (see cpu_half)
+    return style_diff(x3.to(at::kFloat), gy.to(at::kFloat), scale);
+  }
   if (x3.scalar_type() == acc && gy.scalar_type() == acc && x3.size(2) > 0) {
     // fused: the GEMM subtracts the target Gram in its epilogue (beta = -1)
     // a fresh copy: never write into the caller's target Gram (expand + contiguous may alias it)
@@ -88,10 +105,11 @@ at::Tensor gram_impl(const at::Tensor& features, double scale) {
 // d/dF of <grad, s F F^T> = s (grad + grad^T) F
 at::Tensor gram_bwd_impl(const at::Tensor& grad, const at::Tensor& features, double scale) {
   const at::Tensor f3 = as_ncl(features, "features");
-  const at::Tensor sym = (grad + grad.transpose(1, 2)).to(f3.scalar_type());
-  at::Tensor out = at::empty_like(f3, at::MemoryFormat::Contiguous);
-  at::baddbmm_out(out, out, sym, f3, 0.0, scale);
-  return out.view(features.sizes());
+  const at::Tensor f = gemm_operand(f3);
+  const at::Tensor sym = (grad + grad.transpose(1, 2)).to(f.scalar_type());
+  at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
+  at::baddbmm_out(out, out, sym, f, 0.0, scale);
+  return out.to(f3.scalar_type()).view(features.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor> style_fwd_impl(const at::Tensor& input, const at::Tensor& target,
@@ -135,11 +153,12 @@ std::tuple<at::Tensor, at::Tensor> style_bwd_impl(const at::Tensor& grad_output,
   }
   at::Tensor gi, gt;
   // dL/dF = s (dL/dD + dL/dD^T) F = 4 s c (go D) F for symmetric go D
-  auto feat_grad = [&](const at::Tensor& f, const at::Tensor& like, double sign) {
+  auto feat_grad = [&](const at::Tensor& f_in, const at::Tensor& like, double sign) {
+    const at::Tensor f = gemm_operand(f_in);
     at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
-    if (f.size(2) == 0 || f.size(1) == 0) return out.zero_().view(like.sizes());
+    if (f.size(2) == 0 || f.size(1) == 0) return out.zero_().to(f_in.scalar_type()).view(like.sizes());
     at::baddbmm_out(out, out, dD.to(f.scalar_type()), f, 0.0, sign * 4.0 * scale * c);
-    return out.view(like.sizes());
+    return out.to(f_in.scalar_type()).view(like.sizes());
   };
   if (input_grad) gi = feat_grad(x3, input, 1.0);
   if (target_grad) {

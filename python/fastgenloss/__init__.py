@@ -44,6 +44,8 @@ from .functional import (  # noqa: E402
     huber_loss,
     l1_loss,
     mse_loss,
+    normalize_images,
+    perceptual_loss,
     pixel_loss,
     smooth_l1_loss,
     snr,

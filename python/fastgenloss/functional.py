@@ -22,6 +22,8 @@ Weighted ``reduction="mean"``
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -45,6 +47,8 @@ __all__ = [
     "huber_loss",
     "l1_loss",
     "mse_loss",
+    "normalize_images",
+    "perceptual_loss",
     "pixel_loss",
     "smooth_l1_loss",
     "snr",
@@ -661,3 +665,148 @@ def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
     args = (input_features, tgt, bool(target_is_gram), _gram_scale(input_features, normalize), red)
     loss, _ = torch.ops.fastgenloss.style_fwd(*args)
     return loss
+
+
+# ---- perceptual (feature) losses ------------------------------------------------------------
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CRITERIA = {"l1": l1_loss, "mse": mse_loss, "smooth_l1": smooth_l1_loss,
+             "charbonnier": charbonnier_loss}
+
+
+def _criterion(fn: str, criterion):
+    if callable(criterion):
+        return criterion
+    if criterion not in _CRITERIA:
+        raise ValueError(f"{fn}: criterion must be one of {', '.join(map(repr, _CRITERIA))} or a "
+                         f"callable (input_features, target_features) -> loss, got {criterion!r}")
+    return _CRITERIA[criterion]
+
+
+def _check_images(fn: str, input, target) -> None:
+    for name, t in (("input", input), ("target", target)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{fn}: {name} must be a floating tensor, got {_desc(t)}")
+    if input.shape != target.shape:
+        raise ValueError(f"{fn}: input {_desc(input)} and target {_desc(target)} must have the "
+                         f"same shape")
+    if input.device != target.device:
+        raise ValueError(f"{fn}: input {_desc(input)} and target {_desc(target)} must be on the "
+                         f"same device")
+
+
+def normalize_images(x: Tensor, *, input_range=(0.0, 1.0), mean=_IMAGENET_MEAN,
+                     std=_IMAGENET_STD) -> Tensor:
+    """(x mapped from ``input_range`` to [0, 1] - mean) / std per channel (ImageNet's by
+    default), as one multiply-add: what torchvision's pretrained networks expect."""
+    lo, hi = float(input_range[0]), float(input_range[1])
+    if not hi > lo:
+        raise ValueError(f"normalize_images: input_range must be (low, high) with high > low, got "
+                         f"{input_range!r}")
+    c = x.shape[1] if x.dim() >= 2 else 0
+    if c != len(mean) or c != len(std):
+        raise ValueError(f"normalize_images: x {_desc(x)} has {c} channels, mean/std "
+                         f"{len(mean)}/{len(std)}")
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    m = torch.tensor(mean, dtype=torch.float64)
+    s = torch.tensor(std, dtype=torch.float64)
+    scale = 1.0 / ((hi - lo) * s)
+    shift = -lo / ((hi - lo) * s) - m / s
+    return torch.addcmul(shift.to(x.device, x.dtype).view(shape), x,
+                         scale.to(x.device, x.dtype).view(shape))
+
+
+def _perceptual(fn, capture, input, target, content_w, style_w, crit, style_target, normalize,
+                input_range, reduction="mean"):
+    if normalize:
+        input = normalize_images(input, input_range=input_range)
+        target = normalize_images(target, input_range=input_range)
+    need_target = any(w != 0 for w in content_w) or (
+        style_target is None and any(w != 0 for w in style_w))
+    xs = capture(input)
+    ys = None
+    if need_target:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and target.requires_grad):
+            ys = capture(target)
+    grams = None
+    if any(w != 0 for w in style_w):
+        if style_target is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and target.requires_grad):
+                grams = [gram_matrix(y) if w != 0 else None for y, w in zip(ys, style_w)]
+        else:
+            grams = style_target
+            if len(grams) != len(xs):
+                raise ValueError(f"{fn}: style_target holds {len(grams)} Grams for {len(xs)} layers")
+    total = None
+    for k, fx in enumerate(xs):
+        terms = []
+        if content_w[k] != 0:
+            terms.append(content_w[k] * crit(fx, ys[k]))
+        if style_w[k] != 0:
+            g = grams[k]
+            if g is None:
+                raise ValueError(f"{fn}: style_target has no Gram for layer {k}")
+            terms.append(style_w[k] * style_loss(fx, g, target_is_gram=True))
+        for t in terms:
+            total = t if total is None else total + t
+    if total is None:
+        raise ValueError(f"{fn}: every layer weight and style weight is 0: there is no loss")
+    return total
+
+
+def _style_target(fn: str, capture, style_target, style_w, normalize, input_range):
+    """Grams per layer from a style image, or a given list of Grams (None where unused)."""
+    if style_target is None:
+        return None
+    if isinstance(style_target, Tensor):
+        if normalize:
+            style_target = normalize_images(style_target, input_range=input_range)
+        with torch.no_grad():
+            feats = capture(style_target)
+            return [gram_matrix(f) if w != 0 else None for f, w in zip(feats, style_w)]
+    return list(style_target)
+
+
+def perceptual_loss(input: Tensor, target: Tensor, feature_extractor, layers, *,
+                    layer_weights=None, criterion="l1", style_weights=None, style_target=None,
+                    normalize_input: bool = False, input_range=(0.0, 1.0),
+                    trainable_extractor: bool = False) -> Tensor:
+    r"""Perceptual (feature) loss through a user's network:
+    ``sum_l layer_weights[l] * criterion(phi_l(input), phi_l(target))
+    + sum_l style_weights[l] * style_loss(phi_l(input), gram_matrix(phi_l(style)))``.
+
+    ``feature_extractor`` is any ``nn.Module`` (the package downloads nothing: pass e.g.
+    ``torchvision.models.vgg19(weights=...).features``). ``layers`` names the activations
+    phi_l: for an ``nn.Sequential`` (or a model with a ``.features`` Sequential, as
+    torchvision's VGG) by index, child name or VGG-style name (``"relu1_2"``, ``"conv3_1"``,
+    ``"pool4"``: conv/bn/relu{block}_{i}, pool{block}), and the network runs only up to the last
+    of them; for any other module by ``named_modules`` name (captured by forward hooks; the
+    forward stops once they have all run) or index into its children.
+
+    ``layer_weights`` / ``style_weights``: None (content 1 per layer / no style), a number for
+    every layer, one per layer, or a dict keyed by layer (missing layers 0). ``criterion``:
+    ``"l1"``, ``"mse"``, ``"smooth_l1"``, ``"charbonnier"`` (the fused pixel kernels) or a
+    callable. Style Grams come from ``target`` unless ``style_target`` is a style image (Grams
+    computed without grad) or a list of Grams per layer (see ``PerceptualLoss.style_grams``).
+    ``normalize_input``: map ``input_range`` to [0, 1] and apply ImageNet's mean/std first.
+    Gradients reach ``input`` (and ``target`` if it requires grad), never the network's
+    parameters unless ``trainable_extractor=True``; its train/eval mode is left as it is (the
+    module :class:`fastgenloss.nn.PerceptualLoss` keeps it in eval mode).
+    """
+    from ._features import FeatureCapture, frozen, per_layer
+
+    fn = "perceptual_loss"
+    _check_images(fn, input, target)
+    capture = FeatureCapture(feature_extractor, layers, fn=fn)
+    names = capture.layer_names()
+    content_w = per_layer(fn, "layer_weights", layer_weights, capture.layers, names, 1.0)
+    style_w = per_layer(fn, "style_weights", style_weights, capture.layers, names, 0.0)
+    crit = _criterion(fn, criterion)
+    ctx = contextlib.nullcontext() if trainable_extractor else frozen(feature_extractor)
+    with ctx:
+        grams = _style_target(fn, capture, style_target, style_w, normalize_input, input_range)
+        return _perceptual(fn, capture, input, target, content_w, style_w, crit, grams,
+                           normalize_input, input_range)

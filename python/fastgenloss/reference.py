@@ -275,3 +275,23 @@ def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
     # the MSE in float for half Grams (its value can exceed float16's range)
     acc = torch.float64 if gx.dtype == torch.float64 else torch.float32
     return F.mse_loss(gx.to(acc), gy.expand_as(gx).to(acc), reduction=reduction)
+
+
+def perceptual_loss(input: Tensor, target: Tensor, features, *, layer_weights, style_weights=None,
+                    criterion: str = "l1", style_grams=None) -> Tensor:
+    """The perceptual loss as piq's ContentLoss and StyleLoss compute it: ``features(x)`` gives
+    the list of layer activations; per layer the weighted distance of the features (l1 or mse,
+    mean) plus the weighted mse of their Gram matrices (from ``style_grams`` when given)."""
+    crit = {"l1": F.l1_loss, "mse": F.mse_loss}[criterion] if isinstance(criterion, str) \
+        else criterion
+    xs, ys = features(input), features(target)
+    style_weights = style_weights or [0.0] * len(xs)
+    total = input.new_zeros((), dtype=torch.float64 if input.dtype == torch.float64
+                            else torch.float32)
+    for k, (fx, fy) in enumerate(zip(xs, ys)):
+        if layer_weights[k]:
+            total = total + layer_weights[k] * crit(fx, fy)
+        if style_weights[k]:
+            g = style_grams[k] if style_grams is not None else gram_matrix(fy)
+            total = total + style_weights[k] * style_loss(fx, g, target_is_gram=True)
+    return total
