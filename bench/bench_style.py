@@ -1,5 +1,5 @@
-"""Gram matrix and style loss: fastgenloss vs the plain-PyTorch reference (bmm, divide, mse in
-float), eager and under torch.compile; fwd, bwd, fwd+bwd and peak memory, on the feature maps a
+"""Gram matrix, style loss and contextual loss: fastgenloss vs the plain-PyTorch reference
+(bmm, divide, mse in float; the contextual loss's common port), eager and under torch.compile; fwd, bwd, fwd+bwd and peak memory, on the feature maps a
 VGG-19 style loss reads (relu1_1 .. relu4_1 of a 256x256 image: 64x256x256, 128x128x128,
 256x64x64, 512x32x32), the target Gram precomputed as style-transfer and perceptual-loss
 training loops do.
@@ -7,7 +7,8 @@ training loops do.
     pytest bench/bench_style.py --benchmark-json out.json   # then: python bench/report.py out.json
 
 FGL_BENCH_STYLE: comma-separated feature shapes CxHxW (default the four above), batch
-FGL_BENCH_STYLE_N (default 2 on the CPU, 8 on a GPU).
+FGL_BENCH_STYLE_N (default 2 on the CPU, 8 on a GPU); FGL_BENCH_CX: contextual-loss feature
+shapes NxCxHxW (default 2x256x32x32,1x128x64x64).
 """
 
 from __future__ import annotations
@@ -120,3 +121,58 @@ def test_style(benchmark, case, passes, impl, layer, dtype):
         _sync()
 
     benchmark.pedantic(bwd, setup=setup, rounds=20, warmup_rounds=1)
+
+
+# ---- contextual loss ------------------------------------------------------------------------
+
+CX_SHAPES = [parse_shape(s) for s in os.environ.get(
+    "FGL_BENCH_CX", "2x256x32x32,1x128x64x64").split(",") if s.strip()]
+_CX = {"fastgenloss": fgl.contextual_loss, "reference": R.contextual_loss}
+
+
+@pytest.mark.parametrize("dtype", bench_dtypes(), ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", CX_SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("impl", bench_impls())
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+def test_contextual(benchmark, passes, impl, shape, dtype):
+    """Contextual loss on the feature maps it is used on (relu3/relu4 of 128-256 px crops):
+    P = Q = H W positions, so the [N, P, Q] similarity matrices dominate time and memory."""
+    if impl == "compile":
+        key = "contextual"
+        if key not in _compiled:
+            _compiled[key] = torch.compile(R.contextual_loss, dynamic=False)
+        fn = _compiled[key]
+    else:
+        fn = _CX[impl]
+    g = torch.Generator(device="cpu").manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).to(device=DEVICE, dtype=dtype)
+    y = torch.randn(shape, generator=g).to(device=DEVICE, dtype=dtype)
+    x.requires_grad_(passes != "fwd")
+    n, c = shape[:2]
+    p = 1
+    for s in shape[2:]:
+        p *= s
+    benchmark.group = f"contextual {passes} {_shape_id(shape)} {str(dtype)[6:]} {DEVICE}"
+    benchmark.extra_info.update(case="contextual", passes=passes, impl=impl, numel=x.numel(),
+                                shape=_shape_id(shape), dtype=str(dtype)[6:], device=DEVICE,
+                                device_name=(torch.cuda.get_device_name() if DEVICE == "cuda"
+                                             else "cpu"),
+                                threads=torch.get_num_threads(), torch=torch.__version__,
+                                flops=2 * n * c * p * p * (1 if passes == "fwd" else 4))
+    if passes == "fwd":
+        def run():
+            with torch.no_grad():
+                fn(x, y)
+            _sync()
+        run()
+        benchmark(run)
+        return
+
+    def fwd_bwd():
+        fn(x, y).backward()
+        x.grad = None
+        _sync()
+
+    fwd_bwd()
+    benchmark.extra_info["peak_mem_bytes"] = peak_memory_bytes(fwd_bwd, DEVICE)
+    benchmark(fwd_bwd)

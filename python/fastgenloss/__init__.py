@@ -35,6 +35,7 @@ from . import nn, reference  # noqa: E402,F401
 from .functional import (  # noqa: E402
     add_noise,
     charbonnier_loss,
+    contextual_loss,
     diffusion_loss,
     edm_loss,
     edm_noise,

@@ -547,3 +547,48 @@ def _style_backward(ctx, grad_loss, _grad_diff):
 
 torch.library.register_autograd("fastgenloss::style_fwd", _style_backward,
                                 setup_context=_style_setup_context)
+
+
+# ---- contextual loss ------------------------------------------------------------------------
+
+@torch.library.register_fake("fastgenloss::contextual_fwd")
+def _contextual_fwd_fake(x, y, band_width):
+    return x.new_empty((), dtype=_acc_dtype(x.dtype))
+
+
+@torch.library.register_fake("fastgenloss::contextual_bwd")
+def _contextual_bwd_fake(grad_output, x, y, band_width, x_grad, y_grad):
+    gx = x.new_empty(x.shape) if x_grad else x.new_empty((0,))
+    gy = y.new_empty(y.shape) if y_grad else x.new_empty((0,))
+    return gx, gy
+
+
+def _contextual_setup_context(ctx, inputs, output):
+    x, y, band_width = inputs
+    ctx.band_width = band_width
+    ctx.save_for_backward(x, y)
+
+
+def _contextual_backward(ctx, grad):
+    x, y = ctx.saved_tensors
+    need_x, need_y = ctx.needs_input_grad[:2]
+    if grad is None or not (need_x or need_y):
+        return None, None, None
+    args = (grad, x, y, ctx.band_width, need_x, need_y)
+    op = torch.ops.fastgenloss.contextual_bwd.default
+    gx, gy = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
+    return (gx if need_x else None), (gy if need_y else None), None
+
+
+torch.library.register_autograd("fastgenloss::contextual_fwd", _contextual_backward,
+                                setup_context=_contextual_setup_context)
+
+
+def _contextual_second_order(ctx, *grads):
+    raise NotImplementedError(
+        "fastgenloss: second derivatives of the contextual loss are not implemented "
+        "(differentiate once, without create_graph=True)")
+
+
+torch.library.register_autograd("fastgenloss::contextual_bwd", _contextual_second_order,
+                                setup_context=_no_setup)

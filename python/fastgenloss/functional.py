@@ -38,6 +38,7 @@ from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOIS
 __all__ = [
     "add_noise",
     "charbonnier_loss",
+    "contextual_loss",
     "diffusion_loss",
     "edm_loss",
     "edm_noise",
@@ -810,3 +811,33 @@ def perceptual_loss(input: Tensor, target: Tensor, feature_extractor, layers, *,
         grams = _style_target(fn, capture, style_target, style_w, normalize_input, input_range)
         return _perceptual(fn, capture, input, target, content_w, style_w, crit, grams,
                            normalize_input, input_range)
+
+
+def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float = 0.5) -> Tensor:
+    r"""The contextual loss of Mechrez et al. (ECCV 2018) between two sets of features
+    [N, C, H, W] (or [N, C, L]; the positions of x and y may differ): y's channel mean is
+    subtracted from both, each position's feature vector is L2-normalized, d_ij = 1 - cosine
+    similarity, d~_ij = d_ij / (min_k d_ik + 1e-5), w = exp((1 - d~) / band_width),
+    CX_ij = w_ij / sum_k w_ik, and the loss is mean_n -log(mean_j max_i CX_ij + 1e-5): the
+    common PyTorch port's definition, value and gradient.
+
+    No [N, P, Q] matrix is kept between forward and backward (autograd through the port keeps
+    five): backward recomputes the similarities with one matrix product. The loss is float32 for
+    float16/bfloat16 features, which are computed in float32."""
+    fn = "contextual_loss"
+    _check_features(fn, "x_features", x_features)
+    _check_features(fn, "y_features", y_features)
+    if y_features.dim() != x_features.dim() or y_features.shape[:2] != x_features.shape[:2]:
+        raise ValueError(f"{fn}: x_features {_desc(x_features)} and y_features "
+                         f"{_desc(y_features)} must have the same batch size and channels "
+                         f"(their positions may differ)")
+    if x_features.device != y_features.device:
+        raise ValueError(f"{fn}: x_features {_desc(x_features)} and y_features "
+                         f"{_desc(y_features)} must be on the same device")
+    _check_positive(fn, "band_width", band_width, allow_zero=False)
+    if band_width == float("inf"):
+        raise ValueError(f"{fn}: band_width must be finite, got {band_width}")
+    if x_features.shape[0] > 0 and (x_features.numel() == 0 or y_features.numel() == 0):
+        raise ValueError(f"{fn}: x_features {_desc(x_features)} and y_features "
+                         f"{_desc(y_features)} need at least one channel and one position")
+    return torch.ops.fastgenloss.contextual_fwd(x_features, y_features, float(band_width))

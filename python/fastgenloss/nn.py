@@ -269,3 +269,17 @@ class PerceptualLoss(torch.nn.Module):
         return (f"layers={self.layer_names}, layer_weights={self.layer_weights}, "
                 f"style_weights={self.style_weights}, criterion={self.criterion!r}, "
                 f"normalize_input={self.normalize_input}")
+
+
+class ContextualLoss(torch.nn.Module):
+    """:func:`fastgenloss.contextual_loss` as a module."""
+
+    def __init__(self, band_width: float = 0.5) -> None:
+        super().__init__()
+        self.band_width = band_width
+
+    def forward(self, x_features: Tensor, y_features: Tensor) -> Tensor:
+        return F.contextual_loss(x_features, y_features, band_width=self.band_width)
+
+    def extra_repr(self) -> str:
+        return f"band_width={self.band_width}"

@@ -295,3 +295,18 @@ def perceptual_loss(input: Tensor, target: Tensor, features, *, layer_weights, s
             g = style_grams[k] if style_grams is not None else gram_matrix(fy)
             total = total + style_weights[k] * style_loss(fx, g, target_is_gram=True)
     return total
+
+
+def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float = 0.5) -> Tensor:
+    """The contextual loss (Mechrez et al. 2018) as its common PyTorch port writes it."""
+    n, c = x_features.shape[:2]
+    y_mu = y_features.mean(dim=[0] + list(range(2, y_features.dim())), keepdim=True)
+    x = F.normalize(x_features - y_mu, p=2, dim=1).reshape(n, c, -1)
+    y = F.normalize(y_features - y_mu, p=2, dim=1).reshape(n, c, -1)
+    dist = 1 - torch.bmm(x.transpose(1, 2), y)
+    dist_min, _ = torch.min(dist, dim=2, keepdim=True)
+    dist_tilde = dist / (dist_min + 1e-5)
+    w = torch.exp((1 - dist_tilde) / band_width)
+    cx = w / torch.sum(w, dim=2, keepdim=True)
+    cx = torch.max(cx, dim=1)[0].mean(dim=1)
+    return torch.mean(-torch.log(cx + 1e-5))

@@ -1,0 +1,168 @@
+"""contextual_loss: value and gradients against reference.contextual_loss (the common PyTorch
+port) in float64, gradcheck, different x / y positions, half precision, layouts, opcheck,
+torch.compile, peak memory, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastgenloss as fgl
+from fastgenloss import reference as R
+
+
+def feats(shape, device="cpu", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+@pytest.mark.parametrize("xs,ys", [
+    ((2, 4, 5, 5), (2, 4, 5, 5)),
+    ((2, 4, 5, 5), (2, 4, 3, 4)),   # positions differ
+    ((1, 3, 7), (1, 3, 9)),         # [N, C, L]
+    ((3, 1, 4, 4), (3, 1, 4, 4)),   # one channel
+    ((1, 16, 2, 3, 3), (1, 16, 2, 3, 3)),  # [N, C, D, H, W]
+])
+@pytest.mark.parametrize("band_width", [0.1, 0.5, 1.0])
+def test_matches_reference_value_and_gradients(device, xs, ys, band_width):
+    x = feats(xs, device, seed=1).requires_grad_(True)
+    y = feats(ys, device, seed=2).requires_grad_(True)
+    got = fgl.contextual_loss(x, y, band_width=band_width)
+    want = R.contextual_loss(x, y, band_width=band_width)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    gx, gy = torch.autograd.grad(got, (x, y))
+    rx, ry = torch.autograd.grad(want, (x, y))
+    torch.testing.assert_close(gx, rx, rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(gy, ry, rtol=1e-8, atol=1e-11)
+
+
+def test_gradcheck(device):
+    x = feats((2, 3, 3, 3), device, seed=3).requires_grad_(True)
+    y = feats((2, 3, 2, 3), device, seed=4).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: fgl.contextual_loss(a, b, band_width=0.3),
+                                    (x, y), eps=1e-6, atol=1e-6)
+
+
+def test_only_x_requires_grad(device):
+    x = feats((2, 4, 4, 4), device, seed=5).requires_grad_(True)
+    y = feats((2, 4, 4, 4), device, seed=6)
+    fgl.contextual_loss(x, y).backward()
+    want_x = x.detach().clone().requires_grad_(True)
+    R.contextual_loss(want_x, y).backward()
+    torch.testing.assert_close(x.grad, want_x.grad, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2),
+                                       (torch.float16, 1e-2)])
+def test_half_and_float32_against_float64(device, dtype, tol):
+    x64, y64 = feats((2, 8, 6, 6), device, seed=7), feats((2, 8, 6, 6), device, seed=8)
+    x = x64.to(dtype).requires_grad_(True)
+    y = y64.to(dtype)
+    got = fgl.contextual_loss(x, y)
+    assert got.dtype == torch.float32
+    xr = x.detach().double().requires_grad_(True)
+    want = R.contextual_loss(xr, y.double())
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    got.backward()
+    want.backward()
+    assert x.grad.dtype == dtype
+    scale = xr.grad.abs().max()
+    assert ((x.grad.double() - xr.grad).abs().max() / scale) < 5 * tol
+
+
+def test_channels_last_and_noncontiguous(device):
+    x = feats((2, 4, 5, 5), device, seed=9)
+    y = feats((2, 4, 5, 5), device, seed=10)
+    want = fgl.contextual_loss(x, y)
+    got = fgl.contextual_loss(x.to(memory_format=torch.channels_last),
+                              y.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    xt = feats((2, 5, 5, 4), device, seed=9).permute(0, 3, 1, 2)  # non-contiguous view
+    torch.testing.assert_close(fgl.contextual_loss(xt, y), R.contextual_loss(xt, y),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_identical_features_give_the_floor(device):
+    x = feats((2, 6, 4, 4), device, seed=11)
+    got = fgl.contextual_loss(x, x.clone())
+    torch.testing.assert_close(got, R.contextual_loss(x, x.clone()), rtol=1e-10, atol=1e-12)
+    assert got < fgl.contextual_loss(x, feats((2, 6, 4, 4), device, seed=12))
+
+
+def test_module():
+    x, y = feats((1, 3, 4, 4), seed=13), feats((1, 3, 4, 4), seed=14)
+    torch.testing.assert_close(fgl.nn.ContextualLoss(band_width=0.2)(x, y),
+                               R.contextual_loss(x, y, band_width=0.2))
+
+
+def test_empty_batch_is_nan(device):
+    x = feats((0, 3, 4, 4), device)
+    assert torch.isnan(fgl.contextual_loss(x, x))
+
+
+def test_opcheck(device):
+    x = feats((2, 3, 4, 4), device, seed=15, dtype=torch.float32).requires_grad_(True)
+    y = feats((2, 3, 3, 4), device, seed=16, dtype=torch.float32).requires_grad_(True)
+    torch.library.opcheck(torch.ops.fastgenloss.contextual_fwd.default, (x, y, 0.5))
+    g = torch.tensor(1.0, device=device)
+    torch.library.opcheck(torch.ops.fastgenloss.contextual_bwd.default,
+                          (g, x.detach(), y.detach(), 0.5, True, True))
+
+
+def test_compile_fullgraph(device):
+    x = feats((2, 4, 4, 4), device, seed=17, dtype=torch.float32).requires_grad_(True)
+    y = feats((2, 4, 4, 4), device, seed=18, dtype=torch.float32)
+    fn = torch.compile(lambda a, b: fgl.contextual_loss(a, b, band_width=0.5), fullgraph=True)
+    got = fn(x, y)
+    (gx,) = torch.autograd.grad(got, x)
+    want = fgl.contextual_loss(x, y)
+    (wx,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gx, wx)
+
+
+def test_second_derivative_is_a_clear_error():
+    x = feats((1, 3, 3, 3), seed=19).requires_grad_(True)
+    y = feats((1, 3, 3, 3), seed=20)
+    (g,) = torch.autograd.grad(fgl.contextual_loss(x, y), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives of the contextual loss"):
+        g.sum().backward()
+
+
+def test_peak_memory_keeps_no_pairwise_matrix_between_passes(device):
+    from fastgenloss._measure import peak_memory_bytes
+    x = feats((1, 32, 48, 48), device, seed=21, dtype=torch.float32).requires_grad_(True)
+    y = feats((1, 32, 48, 48), device, seed=22, dtype=torch.float32)
+    pair = 4 * (48 * 48) ** 2  # one [N, P, Q] float32 matrix: 21 MB
+
+    def run(fn):
+        def go():
+            fn(x, y).backward()
+            x.grad = None
+        return go
+    ours = [peak_memory_bytes(run(fgl.contextual_loss), device) for _ in range(2)]
+    theirs = [peak_memory_bytes(run(R.contextual_loss), device) for _ in range(2)]
+    if None in ours or None in theirs:
+        pytest.skip("peak memory is not measurable on this platform")
+    assert min(ours) <= 3.5 * pair, f"{min(ours) / pair:.2f} pairwise matrices at once"
+    assert min(ours) < 0.6 * min(theirs), (min(ours) / pair, min(theirs) / pair)
+
+
+@pytest.mark.parametrize("x,y,kw,exc,match", [
+    ((2, 3, 4, 4), (2, 4, 4, 4), {}, ValueError, "same batch size and channels"),
+    ((2, 3, 4, 4), (1, 3, 4, 4), {}, ValueError, "same batch size and channels"),
+    ((2, 3, 4, 4), (2, 3, 16), {}, ValueError, "same batch size and channels"),
+    ((2, 3), (2, 3), {}, ValueError, r"x_features must be features \[N, C, H, W\]"),
+    ((2, 3, 4), (2, 3, 4), {"band_width": 0.0}, ValueError, "band_width must be > 0"),
+    ((2, 3, 4), (2, 3, 4), {"band_width": -1.0}, ValueError, "band_width must be > 0"),
+    ((2, 3, 4), (2, 3, 4), {"band_width": float("inf")}, ValueError, "band_width must be finite"),
+    ((2, 0, 4), (2, 0, 4), {}, ValueError, "at least one channel and one position"),
+])
+def test_errors_name_the_argument(x, y, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        fgl.contextual_loss(feats(x), feats(y, seed=1), **kw)
+
+
+def test_integer_features_are_rejected():
+    with pytest.raises(TypeError, match="x_features must be float32"):
+        fgl.contextual_loss(torch.ones(1, 2, 3, dtype=torch.long), feats((1, 2, 3)))
