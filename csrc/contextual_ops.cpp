@@ -55,6 +55,11 @@ void check_pair(const at::Tensor& x, const at::Tensor& y, double h) {
   TORCH_CHECK(h > 0.0 && std::isfinite(h), kOp, ": band_width must be finite and > 0, got ", h);
 }
 
+// w = exp(S inv / h + (1 - inv) / h): one pass writing a new buffer, one exponentiating it.
+at::Tensor weights_of(const Forward& f, double h) {
+  return at::addcmul(f.inv.neg().add_(1.0).div_(h), f.s, f.inv.div(h)).exp_();
+}
+
 Forward run_forward(const at::Tensor& x, const at::Tensor& y, double h, bool keep) {
   Forward f;
   const at::Tensor x3 = as_ncl(x, "x"), y3 = as_ncl(y, "y");
@@ -68,8 +73,8 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& y, double h, bool kee
   auto [smax, jmin] = f.s.max(2, /*keepdim=*/true);  // min_j d = 1 - max_j S
   f.jmin = jmin.squeeze(2);
   f.inv = (1.0 - smax).add_(kDistEps).reciprocal_();
-  // w = exp((1 - d~) / h) = exp(((S - 1) * inv + 1) / h), built in one buffer
-  at::Tensor w = (f.s - 1.0).mul_(f.inv).add_(1.0).div_(h).exp_();
+  // w = exp((1 - d~) / h) = exp(S inv / h + (1 - inv) / h), built in one buffer
+  at::Tensor w = weights_of(f, h);
   f.z = w.sum(2, /*keepdim=*/true);
   w.div_(f.z);  // cx
   auto [cmax, istar] = w.max(1);  // [N, Q]
@@ -136,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> contextual_bwd_impl(const at::Tensor& grad_ou
   const at::Tensor cx = f.cmax.mean(1);
   const at::Tensor g = grad_output.to(acc).neg().div(cx.add(kLogEps)).div_(double(n * q));  // [N]
   // buffer B: w, recomputed from S
-  at::Tensor b = (f.s - 1.0).mul_(f.inv).add_(1.0).div_(h).exp_();
+  at::Tensor b = weights_of(f, h);
   // cx_ij = w_ij / z_i; dL/dcx is g_n at (istar_j, j) only:
   //   dL/dw_ij = ([i = istar_j] g - r_i) / z_i,  r_i = sum_{j: istar_j = i} g cx_ij
   const at::Tensor idx = f.istar.unsqueeze(1);  // [N, 1, Q]
