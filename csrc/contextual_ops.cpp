@@ -6,17 +6,19 @@
 //   d~_ij = d_ij / (min_j d_ij + 1e-5); w = exp((1 - d~) / h); cx_ij = w_ij / sum_j w_ij;
 //   CX = mean_j max_i cx_ij;  loss = mean_n -log(CX_n + 1e-5).
 //
-// Autograd through that port keeps S, d, d~, w and cx (five [N, P, Q] tensors) from forward to
-// backward. Here forward keeps nothing of that size: it builds w in place in one buffer beside S
-// and reduces it; backward recomputes S (one GEMM) and runs the chain rule in place over one
-// buffer, with the min over j and the max over i routed through their argmin / argmax (as
-// torch.min / torch.max backward do). CompositeExplicitAutograd over ATen: the GEMMs and
-// reductions run on the tensors' device; float16 / bfloat16 features are computed in float32.
+// Everything but the final max over i is local to a row i (an x position), so both passes walk
+// S in blocks of rows (about 1M similarities each, `chunk_rows` to override): no [N, P, Q]
+// tensor ever exists, where autograd through the port keeps five of them from forward to
+// backward. Forward keeps the running max over rows of cx and its argmax ([N, Q]); backward
+// recomputes each block of S with one GEMM and runs the chain rule on it in place, the min over
+// j and the max over i routed through their argmin / argmax (as torch.min / torch.max backward
+// do). CompositeExplicitAutograd over ATen: GEMMs and reductions run on the tensors' device;
+// float16 / bfloat16 features are computed in float32.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <vector>
+#include <limits>
 
 namespace fastgenloss {
 namespace {
@@ -35,72 +37,57 @@ at::Tensor as_ncl(const at::Tensor& f, const char* name) {
   return (f.dim() == 3 ? f : f.flatten(2)).to(acc);
 }
 
-// The normalized features and what backward needs of the forward.
-struct Forward {
-  at::Tensor xn, yn;      // [N, C, P], [N, C, Q]
-  at::Tensor nx, ny;      // norms before the floor [N, 1, P], [N, 1, Q]
-  at::Tensor s;           // S [N, P, Q]
-  at::Tensor inv;         // 1 / (min_j d_ij + eps) [N, P, 1]
-  at::Tensor z;           // sum_j w_ij [N, P, 1]
-  at::Tensor jmin;        // argmin_j d_ij [N, P]
-  at::Tensor istar;       // argmax_i cx_ij [N, Q]
-  at::Tensor cmax;        // max_i cx_ij [N, Q]
-};
-
-void check_pair(const at::Tensor& x, const at::Tensor& y, double h) {
+void check_pair(const at::Tensor& x, const at::Tensor& y, double h, int64_t chunk_rows) {
   TORCH_CHECK(x.device() == y.device(), kOp, ": x is on ", x.device(), " but y is on ", y.device());
   TORCH_CHECK(x.dim() >= 3 && y.dim() == x.dim() && x.size(0) == y.size(0) && x.size(1) == y.size(1),
               kOp, ": x ", x.sizes(), " and y ", y.sizes(),
               " must be features with the same batch size and channels (their positions may differ)");
   TORCH_CHECK(h > 0.0 && std::isfinite(h), kOp, ": band_width must be finite and > 0, got ", h);
+  TORCH_CHECK(chunk_rows >= 0, kOp, ": chunk_rows must be >= 0 (0: automatic), got ", chunk_rows);
 }
 
-// w = exp(S inv / h + (1 - inv) / h): one pass writing a new buffer, one exponentiating it.
-at::Tensor weights_of(const Forward& f, double h) {
-  return at::addcmul(f.inv.neg().add_(1.0).div_(h), f.s, f.inv.div(h)).exp_();
-}
+// Centred, normalized features [N, C, P] / [N, C, Q] and their norms before the floor.
+struct Normalized {
+  at::Tensor xn, yn, nx, ny;
+};
 
-Forward run_forward(const at::Tensor& x, const at::Tensor& y, double h, bool keep) {
-  Forward f;
+Normalized normalize(const at::Tensor& x, const at::Tensor& y) {
+  Normalized r;
   const at::Tensor x3 = as_ncl(x, "x"), y3 = as_ncl(y, "y");
   const at::Tensor mu = y3.mean({0, 2}, /*keepdim=*/true);
   const at::Tensor xc = x3 - mu, yc = y3 - mu;
-  f.nx = xc.norm(2, {1}, /*keepdim=*/true);
-  f.ny = yc.norm(2, {1}, /*keepdim=*/true);
-  f.xn = xc / f.nx.clamp_min(kNormEps);
-  f.yn = yc / f.ny.clamp_min(kNormEps);
-  f.s = at::bmm(f.xn.transpose(1, 2), f.yn);  // [N, P, Q]
-  auto [smax, jmin] = f.s.max(2, /*keepdim=*/true);  // min_j d = 1 - max_j S
-  f.jmin = jmin.squeeze(2);
-  f.inv = (1.0 - smax).add_(kDistEps).reciprocal_();
-  // w = exp((1 - d~) / h) = exp(S inv / h + (1 - inv) / h), built in one buffer
-  at::Tensor w = weights_of(f, h);
-  f.z = w.sum(2, /*keepdim=*/true);
-  w.div_(f.z);  // cx
-  auto [cmax, istar] = w.max(1);  // [N, Q]
-  f.cmax = cmax;
-  f.istar = istar;
-  if (!keep) f.s = at::Tensor();
-  return f;
+  r.nx = xc.norm(2, {1}, /*keepdim=*/true);
+  r.ny = yc.norm(2, {1}, /*keepdim=*/true);
+  r.xn = xc / r.nx.clamp_min(kNormEps);
+  r.yn = yc / r.ny.clamp_min(kNormEps);
+  return r;
+}
+
+int64_t rows_per_chunk(int64_t p, int64_t q, int64_t chunk_rows) {
+  if (chunk_rows > 0) return std::min(chunk_rows, std::max<int64_t>(p, 1));
+  return std::max<int64_t>(1, std::min<int64_t>(p, (int64_t(1) << 20) / std::max<int64_t>(q, 1)));
+}
+
+// One block of rows [r0, r0 + len): S, and from it w = exp(S inv / h + (1 - inv) / h) with
+// inv = 1 / (1 - max_j S + eps), its row sums z and the argmax over j of S (argmin of d).
+struct Block {
+  at::Tensor s, w, inv, z, jmin;
+};
+
+Block block(const Normalized& nm, int64_t r0, int64_t len, double h, bool keep_s) {
+  Block b;
+  b.s = at::bmm(nm.xn.narrow(2, r0, len).transpose(1, 2), nm.yn);  // [N, len, Q]
+  auto [smax, jmin] = b.s.max(2, /*keepdim=*/true);
+  b.jmin = jmin;
+  b.inv = (1.0 - smax).add_(kDistEps).reciprocal_();
+  b.w = at::addcmul(b.inv.neg().add_(1.0).div_(h), b.s, b.inv.div(h)).exp_();
+  b.z = b.w.sum(2, /*keepdim=*/true);
+  if (!keep_s) b.s = at::Tensor();
+  return b;
 }
 
 at::Tensor loss_of(const at::Tensor& cmax) {
-  const at::Tensor cx = cmax.mean(1);  // [N]
-  return cx.add(kLogEps).log_().neg_().mean();
-}
-
-// sum_j a_ij b_ij over the last dim of two [N, P, Q] tensors, a block of rows at a time: the
-// elementwise product never takes more than ~4 MB.
-at::Tensor row_dot(const at::Tensor& a, const at::Tensor& b) {
-  const int64_t p = a.size(1), q = a.size(2);
-  const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(q, 1));
-  if (rows >= p) return (a * b).sum(2, /*keepdim=*/true);
-  std::vector<at::Tensor> parts;
-  for (int64_t i = 0; i < p; i += rows) {
-    const int64_t len = std::min(rows, p - i);
-    parts.push_back((a.narrow(1, i, len) * b.narrow(1, i, len)).sum(2, /*keepdim=*/true));
-  }
-  return at::cat(parts, 1);
+  return cmax.mean(1).add(kLogEps).log_().neg_().mean();
 }
 
 // d/dv of v / max(|v|, eps) applied to g, over the channel dim: (g - u (u.g)) / |v| when the norm
@@ -111,65 +98,106 @@ at::Tensor normalize_backward(const at::Tensor& g, const at::Tensor& u, const at
   return at::where(above, (g - u * dot) / norm.clamp_min(kNormEps), g / kNormEps);
 }
 
+at::Tensor nan_loss(const at::Tensor& x) {
+  return at::full({}, std::numeric_limits<double>::quiet_NaN(),
+                  x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+}
+
 }  // namespace
 
-at::Tensor contextual_fwd_impl(const at::Tensor& x, const at::Tensor& y, double band_width) {
-  check_pair(x, y, band_width);
-  if (x.size(0) == 0) {  // mean over no samples: NaN, as torch
-    return at::full({}, std::numeric_limits<double>::quiet_NaN(),
-                    x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+// -> (loss, cmax = max_i cx_ij [N, Q], istar = its argmax [N, Q])
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contextual_fwd_impl(const at::Tensor& x,
+                                                                   const at::Tensor& y,
+                                                                   double band_width,
+                                                                   int64_t chunk_rows) {
+  check_pair(x, y, band_width, chunk_rows);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t n = x.size(0);
+  if (n == 0) {  // mean over no samples: NaN, as torch
+    return {nan_loss(x), at::empty({0, 0}, x.options().dtype(acc)),
+            at::empty({0, 0}, x.options().dtype(at::kLong))};
   }
   TORCH_CHECK(x.numel() > 0 && y.numel() > 0, kOp, ": x ", x.sizes(), " and y ", y.sizes(),
               " must have at least one channel and one position");
-  return loss_of(run_forward(x, y, band_width, /*keep=*/false).cmax);
+  const Normalized nm = normalize(x, y);
+  const int64_t p = nm.xn.size(2), q = nm.yn.size(2);
+  const int64_t rows = rows_per_chunk(p, q, chunk_rows);
+  at::Tensor cmax, istar;
+  for (int64_t r0 = 0; r0 < p; r0 += rows) {
+    const int64_t len = std::min(rows, p - r0);
+    Block b = block(nm, r0, len, band_width, /*keep_s=*/false);
+    b.w.div_(b.z);  // cx
+    auto [m, i] = b.w.max(1);  // over this block's rows: [N, Q]
+    i.add_(r0);
+    if (!cmax.defined()) {
+      cmax = m;
+      istar = i;
+    } else {  // the first maximum wins on ties, as one max over all rows
+      const at::Tensor better = m > cmax;
+      cmax = at::where(better, m, cmax);
+      istar = at::where(better, i, istar);
+    }
+  }
+  return {loss_of(cmax), cmax, istar};
 }
 
 std::tuple<at::Tensor, at::Tensor> contextual_bwd_impl(const at::Tensor& grad_output,
                                                        const at::Tensor& x, const at::Tensor& y,
-                                                       double band_width, bool x_grad,
+                                                       const at::Tensor& cmax,
+                                                       const at::Tensor& istar, double band_width,
+                                                       int64_t chunk_rows, bool x_grad,
                                                        bool y_grad) {
-  check_pair(x, y, band_width);
+  check_pair(x, y, band_width, chunk_rows);
   auto none = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
   if (!(x_grad || y_grad) || x.size(0) == 0) {
     return {x_grad ? at::zeros_like(x) : none({}), y_grad ? at::zeros_like(y) : none({})};
   }
   const double h = band_width;
-  Forward f = run_forward(x, y, h, /*keep=*/true);
-  const int64_t n = f.s.size(0), q = f.s.size(2);
-  const auto acc = f.s.scalar_type();
+  const Normalized nm = normalize(x, y);
+  const int64_t n = nm.xn.size(0), p = nm.xn.size(2), q = nm.yn.size(2);
+  TORCH_CHECK(cmax.dim() == 2 && cmax.size(0) == n && cmax.size(1) == q && istar.sizes() == cmax.sizes(),
+              kOp, ": cmax/istar must be [", n, ", ", q, "] as the forward returned them, got ",
+              cmax.sizes(), " and ", istar.sizes());
+  const auto acc = nm.xn.scalar_type();
   // loss = mean_n -log(CX_n + eps), CX_n = mean_j c_nj: dL/dc_nj = g_n
-  const at::Tensor cx = f.cmax.mean(1);
-  const at::Tensor g = grad_output.to(acc).neg().div(cx.add(kLogEps)).div_(double(n * q));  // [N]
-  // buffer B: w, recomputed from S
-  at::Tensor b = weights_of(f, h);
-  // cx_ij = w_ij / z_i; dL/dcx is g_n at (istar_j, j) only:
-  //   dL/dw_ij = ([i = istar_j] g - r_i) / z_i,  r_i = sum_{j: istar_j = i} g cx_ij
-  const at::Tensor idx = f.istar.unsqueeze(1);  // [N, 1, Q]
-  const at::Tensor w_at = b.gather(1, idx);      // w_{istar_j, j} [N, 1, Q]
-  const at::Tensor z_at = f.z.squeeze(2).gather(1, f.istar).unsqueeze(1);  // z_{istar_j} [N, 1, Q]
-  const at::Tensor gq = g.view({n, 1, 1}).expand({n, 1, q});
-  at::Tensor r = at::zeros({n, f.s.size(1)}, f.s.options());
-  r.scatter_add_(1, f.istar, (gq * w_at / z_at).squeeze(1));  // sum of g cx at the maxima
-  // dL/dd~ = -(w / h) dL/dw: dense part w r / (h z), sparse part -w g / (h z) at (istar_j, j)
-  const at::Tensor sparse = -(w_at * gq / z_at) / h;
-  b.mul_(r.unsqueeze(2)).div_(f.z).div_(h);
-  b.scatter_add_(1, idx, sparse);
-  // d~ = d inv: dL/dd = inv dL/dd~ (+ the min's share), dL/dinv_i = sum_j dL/dd~_ij d_ij
-  // (sum_j b_ij (1 - S_ij), without a [N, P, Q] temporary)
-  const at::Tensor dinv = b.sum(2, /*keepdim=*/true) - row_dot(b, f.s);  // [N, P, 1]
-  b.mul_(f.inv);
-  // inv = 1 / (min_j d + eps): dL/dmin_i = -inv_i^2 dL/dinv_i, routed to argmin j
-  b.scatter_add_(2, f.jmin.unsqueeze(2), -(f.inv * f.inv) * dinv);
-  // S = xn^T yn, d = 1 - S: dL/dS = -b
+  const at::Tensor g = grad_output.to(acc).neg().div(cmax.to(acc).mean(1).add(kLogEps))
+                           .div_(double(n * q)).view({n, 1, 1});
+  at::Tensor gxn = at::empty_like(nm.xn);   // [N, C, P], block by block
+  at::Tensor gyn = at::zeros_like(nm.yn);   // [N, C, Q], summed over blocks
+  const at::Tensor ist = istar.to(at::kLong).unsqueeze(1);  // [N, 1, Q]
+  const int64_t rows = rows_per_chunk(p, q, chunk_rows);
+  for (int64_t r0 = 0; r0 < p; r0 += rows) {
+    const int64_t len = std::min(rows, p - r0);
+    Block b = block(nm, r0, len, h, /*keep_s=*/true);
+    // cx_ij = w_ij / z_i; dL/dcx is g at (istar_j, j) only (the positions j whose max is in
+    // this block): dL/dw_ij = ([i = istar_j] g - r_i) / z_i, r_i = sum_{j: istar_j = i} g cx_ij
+    const at::Tensor in_block = (ist >= r0).logical_and_(ist < r0 + len);  // [N, 1, Q]
+    const at::Tensor local = (ist - r0).clamp_(0, len - 1);
+    const at::Tensor w_at = b.w.gather(1, local);                          // [N, 1, Q]
+    const at::Tensor z_at = b.z.squeeze(2).gather(1, local.squeeze(1)).unsqueeze(1);
+    const at::Tensor gcx = at::where(in_block, g * w_at / z_at, at::zeros_like(w_at));  // g cx
+    at::Tensor r = at::zeros({n, len}, b.w.options());
+    r.scatter_add_(1, local.squeeze(1), gcx.squeeze(1));
+    // dL/dd~ = -(w / h) dL/dw: dense part w r / (h z), sparse part -w g / (h z) at (istar_j, j)
+    at::Tensor& G = b.w;
+    G.mul_(r.unsqueeze(2)).div_(b.z).div_(h);
+    G.scatter_add_(1, local, gcx.neg().div_(h));
+    // d~ = d inv: dL/dd = inv dL/dd~ (+ the min's share), dL/dinv_i = sum_j dL/dd~_ij d_ij
+    const at::Tensor dinv = G.sum(2, /*keepdim=*/true) - (G * b.s).sum(2, /*keepdim=*/true);
+    G.mul_(b.inv);
+    // inv = 1 / (min_j d + eps): dL/dmin_i = -inv_i^2 dL/dinv_i, routed to the argmin j
+    G.scatter_add_(2, b.jmin, -(b.inv * b.inv) * dinv);
+    // S = xn^T yn, d = 1 - S: dL/dS = -G
+    gxn.narrow(2, r0, len).copy_(at::bmm(nm.yn, G.transpose(1, 2)).neg_());
+    gyn.sub_(at::bmm(nm.xn.narrow(2, r0, len), G));
+  }
+  const at::Tensor gxc = normalize_backward(gxn, nm.xn, nm.nx);
+  const at::Tensor gyc = normalize_backward(gyn, nm.yn, nm.ny);
   at::Tensor gx, gy;
-  const at::Tensor gxn = at::bmm(f.yn, b.transpose(1, 2)).neg_();  // [N, C, P]
-  const at::Tensor gyn = at::bmm(f.xn, b).neg_();                   // [N, C, Q]
-  const at::Tensor gxc = normalize_backward(gxn, f.xn, f.nx);
-  const at::Tensor gyc = normalize_backward(gyn, f.yn, f.ny);
   if (x_grad) gx = gxc.to(x.scalar_type()).view(x.sizes());
   if (y_grad) {
     // xc = x - mu, yc = y - mu, mu = mean over (batch, positions) of y
-    const double count = double(y.size(0)) * double(f.yn.size(2));
+    const double count = double(y.size(0)) * double(q);
     const at::Tensor gmu = (gxc.sum({0, 2}, true) + gyc.sum({0, 2}, true)).neg_();
     gy = (gyc + gmu / count).to(y.scalar_type()).view(y.sizes());
   }

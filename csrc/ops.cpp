@@ -200,13 +200,15 @@ TORCH_LIBRARY(fastgenloss, m) {
       "style_bwd(Tensor grad_output, Tensor diff, Tensor input, Tensor target, "
       "bool target_is_gram, float scale, int reduction, bool input_grad, bool target_grad) "
       "-> (Tensor, Tensor)");
-  // Contextual loss (csrc/contextual_ops.cpp): x [N, C, P...], y [N, C, Q...] -> scalar loss in
-  // the accumulation dtype; the backward recomputes the [N, P, Q] similarities from x and y (no
-  // pairwise matrix is kept between forward and backward) -> (grad_x, grad_y), [0] when not asked.
-  m.def("contextual_fwd(Tensor x, Tensor y, float band_width) -> Tensor");
+  // Contextual loss (csrc/contextual_ops.cpp): x [N, C, P...], y [N, C, Q...] -> (loss in the
+  // accumulation dtype, cmax = max over x positions of cx [N, Q], its argmax [N, Q] int64), S
+  // walked in blocks of chunk_rows x positions (0: automatic, ~1M similarities a block); the
+  // backward recomputes each block (no [N, P, Q] tensor ever exists) -> (grad_x, grad_y), [0]
+  // when not asked for.
+  m.def("contextual_fwd(Tensor x, Tensor y, float band_width, int chunk_rows) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "contextual_bwd(Tensor grad_output, Tensor x, Tensor y, float band_width, bool x_grad, "
-      "bool y_grad) -> (Tensor, Tensor)");
+      "contextual_bwd(Tensor grad_output, Tensor x, Tensor y, Tensor cmax, Tensor istar, "
+      "float band_width, int chunk_rows, bool x_grad, bool y_grad) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {

@@ -552,32 +552,41 @@ torch.library.register_autograd("fastgenloss::style_fwd", _style_backward,
 # ---- contextual loss ------------------------------------------------------------------------
 
 @torch.library.register_fake("fastgenloss::contextual_fwd")
-def _contextual_fwd_fake(x, y, band_width):
-    return x.new_empty((), dtype=_acc_dtype(x.dtype))
+def _contextual_fwd_fake(x, y, band_width, chunk_rows):
+    acc = _acc_dtype(x.dtype)
+    n = x.shape[0]
+    q = 1
+    for d in y.shape[2:]:
+        q = q * d
+    return (x.new_empty((), dtype=acc), x.new_empty((n, q), dtype=acc),
+            x.new_empty((n, q), dtype=torch.int64))
 
 
 @torch.library.register_fake("fastgenloss::contextual_bwd")
-def _contextual_bwd_fake(grad_output, x, y, band_width, x_grad, y_grad):
+def _contextual_bwd_fake(grad_output, x, y, cmax, istar, band_width, chunk_rows, x_grad, y_grad):
     gx = x.new_empty(x.shape) if x_grad else x.new_empty((0,))
     gy = y.new_empty(y.shape) if y_grad else x.new_empty((0,))
     return gx, gy
 
 
 def _contextual_setup_context(ctx, inputs, output):
-    x, y, band_width = inputs
-    ctx.band_width = band_width
-    ctx.save_for_backward(x, y)
+    x, y, band_width, chunk_rows = inputs
+    _loss, cmax, istar = output
+    ctx.mark_non_differentiable(cmax, istar)
+    ctx.set_materialize_grads(False)
+    ctx.params = (band_width, chunk_rows)
+    ctx.save_for_backward(x, y, cmax, istar)
 
 
-def _contextual_backward(ctx, grad):
-    x, y = ctx.saved_tensors
+def _contextual_backward(ctx, grad, _grad_cmax, _grad_istar):
+    x, y, cmax, istar = ctx.saved_tensors
     need_x, need_y = ctx.needs_input_grad[:2]
     if grad is None or not (need_x or need_y):
-        return None, None, None
-    args = (grad, x, y, ctx.band_width, need_x, need_y)
+        return None, None, None, None
+    args = (grad, x, y, cmax, istar, *ctx.params, need_x, need_y)
     op = torch.ops.fastgenloss.contextual_bwd.default
     gx, gy = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
-    return (gx if need_x else None), (gy if need_y else None), None
+    return (gx if need_x else None), (gy if need_y else None), None, None
 
 
 torch.library.register_autograd("fastgenloss::contextual_fwd", _contextual_backward,

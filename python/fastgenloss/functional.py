@@ -813,6 +813,9 @@ def perceptual_loss(input: Tensor, target: Tensor, feature_extractor, layers, *,
                            normalize_input, input_range)
 
 
+_CONTEXTUAL_CHUNK_ROWS = 0  # x positions per block of similarities (0: ~1M per block); for tests
+
+
 def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float = 0.5) -> Tensor:
     r"""The contextual loss of Mechrez et al. (ECCV 2018) between two sets of features
     [N, C, H, W] (or [N, C, L]; the positions of x and y may differ): y's channel mean is
@@ -821,9 +824,11 @@ def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float
     CX_ij = w_ij / sum_k w_ik, and the loss is mean_n -log(mean_j max_i CX_ij + 1e-5): the
     common PyTorch port's definition, value and gradient.
 
-    No [N, P, Q] matrix is kept between forward and backward (autograd through the port keeps
-    five): backward recomputes the similarities with one matrix product. The loss is float32 for
-    float16/bfloat16 features, which are computed in float32."""
+    No [N, P, Q] matrix is ever held (autograd through the port keeps five from forward to
+    backward): both passes walk the similarities in blocks of x positions (~1M similarities a
+    block), backward recomputing each block with one matrix product, so memory grows with
+    P + Q, not P Q. The loss is float32 for float16/bfloat16 features, which are computed in
+    float32."""
     fn = "contextual_loss"
     _check_features(fn, "x_features", x_features)
     _check_features(fn, "y_features", y_features)
@@ -840,4 +845,6 @@ def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float
     if x_features.shape[0] > 0 and (x_features.numel() == 0 or y_features.numel() == 0):
         raise ValueError(f"{fn}: x_features {_desc(x_features)} and y_features "
                          f"{_desc(y_features)} need at least one channel and one position")
-    return torch.ops.fastgenloss.contextual_fwd(x_features, y_features, float(band_width))
+    loss, _, _ = torch.ops.fastgenloss.contextual_fwd(x_features, y_features, float(band_width),
+                                                       _CONTEXTUAL_CHUNK_ROWS)
+    return loss
