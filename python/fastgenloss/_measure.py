@@ -12,6 +12,7 @@ rather than page-faulted in anew on every call.
 from __future__ import annotations
 
 import ctypes
+import gc
 import statistics
 import sys
 import time
@@ -64,6 +65,11 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> i
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     if device.type == "cpu" and cpu_peak_supported() and _set_malloc_thresholds(1 << 20, 1 << 20):
+        # no cyclic garbage collection inside the measurement: what it frees (tensors of earlier
+        # work held in reference cycles) and when it runs differ from one process to the next
+        gc_was_enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
         try:
             fn()  # first call: lazy initializations, and buffers freed under the old thresholds
             # hand free heap pages back, so reusing a freed chunk faults its pages in (and counts)
@@ -75,6 +81,8 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> i
             return max(0, _status_bytes("VmHWM:") - before)
         finally:
             _set_malloc_thresholds(32 << 20, 64 << 20)
+            if gc_was_enabled:
+                gc.enable()
     return None
 
 
