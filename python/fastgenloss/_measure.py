@@ -1,12 +1,14 @@
 """Timing and peak-memory measurement shared by ``python -m fastgenloss``, bench/ and tests.
 
 Peak memory is the most bytes allocated at once while a callable runs, above what was allocated
-before it: on CUDA from the caching allocator's statistics; on the CPU (Linux) from the
-process's resident-set high-water mark, reset through /proc/self/clear_refs. While it measures,
-glibc's mmap and trim thresholds are pinned low so that every large tensor is mapped when
-allocated and unmapped when freed; afterwards they are set to the values glibc's own dynamic
-tuning settles at (32 MiB / 64 MiB), so timings taken later still see freed buffers reused
-rather than page-faulted in anew on every call.
+before it: on CUDA from the caching allocator's statistics; on the CPU from the allocation
+records of torch's profiler (every tensor allocation and free of the CPU allocator, with the
+running total), which count tensors exactly whatever state the process heap is in. Where the
+profiler cannot run (another profiler is active), the CPU falls back to the process's
+resident-set high-water mark, reset through /proc/self/clear_refs (Linux), with glibc's mmap and
+trim thresholds pinned low so that large tensors are mapped when allocated and unmapped when
+freed; that reading also counts freed heap pages a later allocation did not reuse, so it can
+read high after long runs that fragment the heap (seen in CI: one extra buffer).
 """
 
 from __future__ import annotations
@@ -54,6 +56,65 @@ def cpu_peak_supported() -> bool:
     return sys.platform.startswith("linux")
 
 
+def _silenced_stderr(fn: Callable[[], object]) -> object:
+    """fn() with file descriptor 2 pointed at /dev/null: the profiler's C++ side (kineto) logs
+    every start and stop there, which would interleave with the tables of the main job."""
+    import os
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            return fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_profiled(fn: Callable[[], object]) -> int | None:
+    """Peak of the CPU allocator's running total of bytes allocated during fn(), from the
+    allocation events of torch's profiler; None where the profiler is unavailable."""
+    try:
+        from torch._C._profiler import _EventType, _ExperimentalConfig, ProfilerState
+        from torch.autograd import (ProfilerActivity, ProfilerConfig, _disable_profiler,
+                                    _enable_profiler, _prepare_profiler)
+        if torch.autograd._profiler_enabled():
+            return None
+        config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False,
+                                _ExperimentalConfig())
+        activities = {ProfilerActivity.CPU}
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        return None
+
+    def profiled():
+        _silenced_stderr(lambda: (_prepare_profiler(config, activities),
+                                  _enable_profiler(config, activities)))
+        try:
+            fn()
+        finally:
+            result = _silenced_stderr(_disable_profiler)
+        return result
+
+    try:
+        profiled()  # warm-up under the profiler: lazy initializations, a recompile if any
+        result = profiled()
+        events = []
+        stack = list(result.experimental_event_tree())
+    except RuntimeError:
+        return None
+    while stack:
+        e = stack.pop()
+        stack.extend(e.children)
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            f = e.extra_fields
+            events.append((e.start_time_ns, f.alloc_size, f.total_allocated))
+    if not events:
+        return 0
+    events.sort()
+    start = events[0][2] - events[0][1]  # the running total before the first event
+    return max(0, max(total for _, _, total in events) - start)
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> int | None:
     """Peak bytes allocated by fn() above the level before it (None where unmeasurable)."""
     device = torch.device(device)
@@ -64,6 +125,10 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> i
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    if device.type == "cpu":
+        peak = _cpu_peak_profiled(fn)
+        if peak is not None:
+            return peak
     if device.type == "cpu" and cpu_peak_supported() and _set_malloc_thresholds(1 << 20, 1 << 20):
         # no cyclic garbage collection inside the measurement: what it frees (tensors of earlier
         # work held in reference cycles) and when it runs differ from one process to the next
