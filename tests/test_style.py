@@ -156,3 +156,38 @@ def test_compile_fullgraph(device):
     torch.testing.assert_close(got, eager)
     for p, g in zip(conv.parameters(), ge):
         torch.testing.assert_close(p.grad, g)
+
+
+# Channel counts at which the CPU computes the Gram by strips of its upper triangle
+# (csrc/style_ops.cpp: 64 rows a strip up to C = 512, 128 above), with a last strip of 1, 2 or
+# 6 rows: the mirrored lower triangle, the strip edges and the diagonal blocks.
+STRIP_SHAPES = [(2, 128, 3, 4), (2, 130, 7, 5), (1, 513, 3, 3), (1, 1030, 6)]
+
+
+@pytest.mark.parametrize("shape", STRIP_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_gram_strips_match_reference(device, dtype, shape):
+    x = feats(shape, device)
+    check_against_reference(lambda f: fgl.gram_matrix(f), lambda f: R.gram_matrix(f), [x], dtype,
+                            factor=_factor(dtype))
+    g = fgl.gram_matrix(x.detach().to(dtype))
+    # every entry, mirrored ones included, is the dot product of its two rows
+    f = x.detach().flatten(2)
+    i, j = shape[1] - 1, 0  # the last row against the first: below the diagonal, mirrored
+    want = (f[:, i] * f[:, j]).sum(-1) / f[0].numel()
+    torch.testing.assert_close(g[:, i, j].double(), want, rtol=1e-2 if dtype == torch.bfloat16
+                               else 1e-5, atol=1e-4 if dtype == torch.bfloat16 else 1e-7)
+
+
+@pytest.mark.parametrize("target", ["features", "gram"])
+@pytest.mark.parametrize("shape", STRIP_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_style_loss_strips_match_reference(device, dtype, shape, target):
+    x = feats(shape, device)
+    t = feats(shape, device) if target == "features" else \
+        R.gram_matrix(torch.randn(shape, dtype=torch.float64, device=device)).requires_grad_(True)
+    is_gram = target == "gram"
+    check_against_reference(
+        lambda a, b: fgl.style_loss(a, b, target_is_gram=is_gram),
+        lambda a, b: R.style_loss(a, b, target_is_gram=is_gram), [x, t], dtype,
+        factor=_factor(dtype))
