@@ -185,3 +185,50 @@ def test_errors_name_the_argument(x, y, kw, exc, match):
 def test_integer_features_are_rejected():
     with pytest.raises(TypeError, match="x_features must be float32"):
         fgl.contextual_loss(torch.ones(1, 2, 3, dtype=torch.long), feats((1, 2, 3)))
+
+
+@pytest.mark.parametrize("dup", ["y", "x", "both"])
+def test_ties_route_gradients_as_the_reference(device, dup):
+    """Exact ties: duplicated y positions tie the max over j of each similarity row (the min of
+    d, routed to its first index), duplicated x positions tie the max over i of cx (its first
+    index). The CPU's fused row loops and the reference's torch.min / torch.max pick the same
+    first index, so the gradients agree."""
+    x = feats((2, 6, 13), device, seed=31)
+    y = feats((2, 6, 11), device, seed=32)
+    if dup in ("y", "both"):
+        y = torch.cat([y, y[..., :7]], dim=-1)
+    if dup in ("x", "both"):
+        x = torch.cat([x[..., 3:9], x], dim=-1)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    got = fgl.contextual_loss(x, y, band_width=0.2)
+    want = R.contextual_loss(x, y, band_width=0.2)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (x, y)), torch.autograd.grad(want, (x, y))):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 2e-4)])
+def test_many_positions_against_the_reference(device, dtype, tol):
+    """P, Q in the hundreds (the vectorized lanes, their remainders and several blocks of rows)
+    in float32 and float64, against the float64 reference."""
+    x = feats((2, 32, 300), device, seed=41)
+    y = feats((2, 32, 263), device, seed=42)
+    xd, yd = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    want = R.contextual_loss(xd, yd, band_width=0.5)
+    rx, ry = torch.autograd.grad(want, (xd, yd))
+    xt, yt = x.to(dtype).requires_grad_(True), y.to(dtype).requires_grad_(True)
+    got = fgl.contextual_loss(xt, yt, band_width=0.5)
+    gx, gy = torch.autograd.grad(got, (xt, yt))
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=0)
+    for a, b in ((gx, rx), (gy, ry)):
+        scale = b.abs().max()
+        assert (a.double() - b).abs().max() <= tol * scale, (a.double() - b).abs().max() / scale
+
+
+def test_nan_features_give_nan(device):
+    x = feats((1, 4, 10), device, seed=51)
+    y = feats((1, 4, 12), device, seed=52)
+    x[0, 1, 3] = float("nan")
+    assert torch.isnan(fgl.contextual_loss(x, y))
+    assert torch.isnan(R.contextual_loss(x, y))
