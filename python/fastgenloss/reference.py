@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["add_noise", "charbonnier_loss", "diffusion_loss", "edm_loss", "edm_noise",
-           "flow_matching_loss", "flow_noise", "gram_matrix", "huber_loss", "l1_loss", "mse_loss", "pixel_loss",
-           "smooth_l1_loss", "snr", "style_loss", "velocity"]
+__all__ = ["add_noise", "bce_loss", "charbonnier_loss", "dice_loss", "diffusion_loss", "edm_loss",
+           "edm_noise", "flow_matching_loss", "flow_noise", "focal_loss", "gram_matrix",
+           "huber_loss", "jaccard_loss", "l1_loss", "mse_loss", "pixel_loss", "seg_stats",
+           "segmentation_loss", "smooth_l1_loss", "snr", "style_loss", "tversky_loss", "velocity"]
 
 
 def _reduce(loss: Tensor, reduction: str, weight: Tensor | None, by_weight: bool,
@@ -310,3 +311,191 @@ def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float
     cx = w / torch.sum(w, dim=2, keepdim=True)
     cx = torch.max(cx, dim=1)[0].mean(dim=1)
     return torch.mean(-torch.log(cx + 1e-5))
+
+
+# ---- segmentation (issue 5): smp's conventions, in plain PyTorch -----------------------------
+# Probabilities, labels and masks are laid out as [N, C, M] (M = the spatial positions, 2D or
+# 3D). Per class c (and per sample with per_image=True) three statistics make every overlap
+# loss: P = sum p, T = sum t and A = sum |p - t|, over the positions that are not ignored; then
+# TP = (P + T - A) / 2, FP = P - TP, FN = T - TP (segmentation_models_pytorch's soft Tversky
+# score: with hard labels TP = sum p t). Dice is Tversky(0.5, 0.5), Jaccard Tversky(1, 1).
+
+SEG_MODES = ("binary", "multiclass", "multilabel")
+
+
+def _seg_prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
+                 ignore_index: int | None):
+    """-> (p, t, valid): probabilities, targets as float and the not-ignored mask, [N, C, M]
+    (valid broadcast over C in binary/multiclass mode), computed in float (float64 stays)."""
+    if mode not in SEG_MODES:
+        raise ValueError(f"mode must be one of {SEG_MODES}, got {mode!r}")
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    x = input.to(acc)
+    n, c = x.shape[0], x.shape[1]
+    if from_logits:
+        p = x.log_softmax(dim=1).exp() if mode == "multiclass" else F.logsigmoid(x).exp()
+    else:
+        p = x
+    p = p.reshape(n, c, -1)
+    if mode == "multiclass":
+        labels = target.reshape(n, -1).long()
+        valid = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
+        t = F.one_hot(labels * valid, c).permute(0, 2, 1).to(acc) * valid.unsqueeze(1)
+        valid = valid.unsqueeze(1)
+    else:
+        t = target.reshape(n, c, -1)
+        valid = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        t = t.to(acc) * valid
+    return p, t, valid
+
+
+def _seg_logits(input: Tensor, mode: str, from_logits: bool, eps: float) -> Tensor:
+    """Logits in float for the cross-entropy terms (probabilities mapped back as smp does)."""
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    x = input.to(acc)
+    if from_logits:
+        return x
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x) if mode == "multiclass" else torch.log(x / (1 - x))
+
+
+def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = True,
+              ignore_index: int | None = None, per_image: bool = False):
+    """(P, T, A) per class [C] (or per sample and class [N, C] with per_image)."""
+    p, t, valid = _seg_prepare(input, target, mode, from_logits, ignore_index)
+    p = p * valid
+    dims = (2,) if per_image else (0, 2)
+    return p.sum(dims), t.sum(dims), (p - t).abs().sum(dims)
+
+
+def _aggregate(loss: Tensor, classes, class_weights, reduction: str) -> Tensor:
+    """Per-class (or [N, C]) losses -> smp's class mean, or class_weights' weighted mean."""
+    if classes is not None:
+        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device)
+        loss = loss.index_select(-1, idx)
+    if reduction == "none":
+        return loss
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=loss.dtype, device=loss.device)
+        if classes is not None:
+            w = w.index_select(0, idx)
+        w = w.expand_as(loss)
+        return (loss * w).sum() / w.sum() if reduction == "mean" else (loss * w).sum()
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def tversky_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float = 0.5,
+                 beta: float = 0.5, gamma: float = 1.0, classes=None, log_loss: bool = False,
+                 from_logits: bool = True, smooth: float = 0.0, ignore_index: int | None = None,
+                 eps: float = 1e-7, class_weights=None, per_image: bool = False,
+                 reduction: str = "mean") -> Tensor:
+    """smp's TverskyLoss (and, at alpha = beta = 0.5 / 1, DiceLoss / JaccardLoss): 1 - score
+    (or -log(score) with log_loss) per class, zero for classes with no target pixels, the
+    class mean (class_weights: weighted mean) raised to gamma. per_image (an extension): the
+    statistics and the loss per (sample, class), then the mean over both."""
+    P, T, A = seg_stats(input, target, mode=mode, from_logits=from_logits,
+                        ignore_index=ignore_index, per_image=per_image)
+    tp = (P + T - A) / 2
+    fp, fn = P - tp, T - tp
+    score = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(eps)
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
+    loss = loss * (T > 0).to(loss.dtype)
+    out = _aggregate(loss, classes, class_weights, reduction)
+    return out ** gamma if (gamma != 1.0 and reduction != "none") else out
+
+
+def dice_loss(input: Tensor, target: Tensor, *, mode: str, **kw) -> Tensor:
+    """smp's DiceLoss (same arguments; per_image and reduction are extensions)."""
+    return tversky_loss(input, target, mode=mode, alpha=0.5, beta=0.5, gamma=1.0, **kw)
+
+
+def jaccard_loss(input: Tensor, target: Tensor, *, mode: str, **kw) -> Tensor:
+    """smp's JaccardLoss (IoU loss)."""
+    return tversky_loss(input, target, mode=mode, alpha=1.0, beta=1.0, gamma=1.0, **kw)
+
+
+def focal_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float | None = None,
+               gamma: float = 2.0, ignore_index: int | None = None, from_logits: bool = True,
+               eps: float = 1e-7, class_weights=None, reduction: str = "mean") -> Tensor:
+    """smp's FocalLoss: the sigmoid focal term of every element (one-vs-rest per class in
+    multiclass mode), ignored elements left out; binary: the mean over kept elements;
+    multiclass / multilabel: the mean per class, then the class mean (or class_weights')."""
+    x = _seg_logits(input, mode, from_logits, eps)
+    n, c = x.shape[0], x.shape[1]
+    if mode == "multiclass":
+        labels = target.reshape(n, -1).long()
+        keep = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
+        t = (labels.unsqueeze(1) == torch.arange(c, device=x.device).view(1, c, 1)).to(x.dtype)
+        keep = keep.unsqueeze(1).expand(n, c, -1)
+    else:
+        t = target.reshape(n, c, -1)
+        keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        t = t.to(x.dtype)
+    x = x.reshape(n, c, -1)
+    logpt = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    loss = (1.0 - torch.exp(-logpt)).pow(gamma) * logpt
+    if alpha is not None:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    loss = loss * keep
+    count = keep.sum((0, 2)).to(loss.dtype)
+    if mode == "binary":
+        total = loss.sum()
+        return total / keep.sum() if reduction == "mean" else total
+    per_class = loss.sum((0, 2))
+    if reduction == "mean":
+        per_class = per_class / count
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=per_class.dtype, device=per_class.device)
+        return (per_class * w).sum() / w.sum()
+    return per_class.mean()
+
+
+def bce_loss(input: Tensor, target: Tensor, *, mode: str, ignore_index: int | None = None,
+             from_logits: bool = True, eps: float = 1e-7, reduction: str = "mean") -> Tensor:
+    """The cross-entropy term: in binary / multilabel mode smp's SoftBCEWithLogitsLoss, in
+    multiclass mode smp's SoftCrossEntropyLoss (pixel-wise softmax cross-entropy). As smp, an
+    ignored element counts as a zero in the mean (torch's cross_entropy divides by the number
+    of kept elements instead)."""
+    x = _seg_logits(input, mode, from_logits, eps)
+    if mode == "multiclass":
+        labels = target.long()
+        keep = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
+        nll = -x.log_softmax(dim=1).gather(1, (labels * keep).unsqueeze(1)).squeeze(1)
+        loss = nll * keep
+    else:
+        t = target.reshape(x.shape)
+        keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        loss = F.binary_cross_entropy_with_logits(x, t.to(x.dtype), reduction="none") * keep
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def segmentation_loss(input: Tensor, target: Tensor, *, mode: str, dice: float = 1.0,
+                      iou: float = 1.0, bce: float = 0.8, focal: float = 0.0,
+                      tversky: float = 0.0, tversky_alpha: float = 0.5,
+                      tversky_beta: float = 0.5, tversky_gamma: float = 1.0,
+                      focal_alpha: float | None = None, focal_gamma: float = 2.0,
+                      classes=None, log_loss: bool = False, from_logits: bool = True,
+                      smooth: float = 0.0, eps: float = 1e-7, ignore_index: int | None = None,
+                      class_weights=None, per_image: bool = False) -> Tensor:
+    """dice * DiceLoss + iou * JaccardLoss + bce * (BCE / CE) + focal * FocalLoss +
+    tversky * TverskyLoss, each term as its function above."""
+    common = dict(classes=classes, log_loss=log_loss, from_logits=from_logits, smooth=smooth,
+                  ignore_index=ignore_index, eps=eps, class_weights=class_weights,
+                  per_image=per_image)
+    total = input.new_zeros((), dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
+    if dice:
+        total = total + dice * dice_loss(input, target, mode=mode, **common)
+    if iou:
+        total = total + iou * jaccard_loss(input, target, mode=mode, **common)
+    if tversky:
+        total = total + tversky * tversky_loss(input, target, mode=mode, alpha=tversky_alpha,
+                                               beta=tversky_beta, gamma=tversky_gamma, **common)
+    if bce:
+        total = total + bce * bce_loss(input, target, mode=mode, ignore_index=ignore_index,
+                                       from_logits=from_logits, eps=eps)
+    if focal:
+        total = total + focal * focal_loss(input, target, mode=mode, alpha=focal_alpha,
+                                           gamma=focal_gamma, ignore_index=ignore_index,
+                                           from_logits=from_logits, eps=eps,
+                                           class_weights=class_weights)
+    return total
