@@ -209,6 +209,14 @@ TORCH_LIBRARY(fastgenloss, m) {
   m.def(
       "contextual_bwd(Tensor grad_output, Tensor x, Tensor y, Tensor cmax, Tensor istar, "
       "float band_width, int chunk_rows, bool x_grad, bool y_grad) -> (Tensor, Tensor)");
+  // segmentation statistics (fastgenloss/seg_math.h): logits [N, C, M], labels [N, M] or mask
+  // [N, C, M] -> (stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]); CPU kernels
+  m.def(
+      "seg_stats(Tensor input, Tensor target, int mode, bool has_ignore, int ignore_index) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "seg_stats_bwd(Tensor grad_stats, Tensor grad_xent, Tensor input, Tensor target, int mode, "
+      "bool has_ignore, int ignore_index) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {

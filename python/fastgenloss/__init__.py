@@ -34,6 +34,11 @@ from . import _ops  # noqa: E402,F401  (fake kernels and autograd formulas)
 from . import nn, reference  # noqa: E402,F401
 from .functional import (  # noqa: E402
     add_noise,
+    dice_loss,
+    iou_loss,
+    jaccard_loss,
+    segmentation_loss,
+    tversky_loss,
     charbonnier_loss,
     contextual_loss,
     diffusion_loss,
@@ -73,6 +78,11 @@ def build_info() -> dict:
 
 __all__ = [
     "add_noise",
+    "dice_loss",
+    "iou_loss",
+    "jaccard_loss",
+    "segmentation_loss",
+    "tversky_loss",
     "build_info",
     "charbonnier_loss",
     "diffusion_loss",

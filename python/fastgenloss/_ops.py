@@ -601,3 +601,54 @@ def _contextual_second_order(ctx, *grads):
 
 torch.library.register_autograd("fastgenloss::contextual_bwd", _contextual_second_order,
                                 setup_context=_no_setup)
+
+
+# ---- segmentation statistics -----------------------------------------------------------------
+# Codes of csrc/include/fastgenloss/seg_math.h.
+SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL = range(3)
+
+
+@torch.library.register_fake("fastgenloss::seg_stats")
+def _seg_stats_fake(input, target, mode, has_ignore, ignore_index):
+    acc = _acc_dtype(input.dtype)
+    n, c = input.shape[0], input.shape[1]
+    return input.new_empty((n, c, 3), dtype=acc), input.new_empty((n, c), dtype=acc)
+
+
+@torch.library.register_fake("fastgenloss::seg_stats_bwd")
+def _seg_stats_bwd_fake(grad_stats, grad_xent, input, target, mode, has_ignore, ignore_index):
+    return torch.empty(input.shape, dtype=input.dtype, device=input.device)
+
+
+def _seg_stats_setup_context(ctx, inputs, output):
+    input, target, mode, has_ignore, ignore_index = inputs
+    ctx.save_for_backward(input, target)
+    ctx.params = (mode, has_ignore, ignore_index)
+
+
+def _seg_stats_backward(ctx, grad_stats, grad_xent):
+    input, target = ctx.saved_tensors
+    if not ctx.needs_input_grad[0] or (grad_stats is None and grad_xent is None):
+        return (None,) * 5
+    acc = _acc_dtype(input.dtype)
+    n, c = input.shape[0], input.shape[1]
+    if grad_stats is None:
+        grad_stats = input.new_zeros((n, c, 3), dtype=acc)
+    if grad_xent is None:
+        grad_xent = input.new_zeros((n, c), dtype=acc)
+    args = (grad_stats, grad_xent, input, target, *ctx.params)
+    op = torch.ops.fastgenloss.seg_stats_bwd.default
+    grad = _direct(op, *args) if _eager_no_grad(grad_stats) else op(*args)
+    return grad, None, None, None, None
+
+
+def _seg_second_order_error(ctx, *grads):
+    raise NotImplementedError(
+        "fastgenloss: second derivatives of the segmentation losses are not implemented "
+        "(differentiate once, without create_graph=True)")
+
+
+torch.library.register_autograd("fastgenloss::seg_stats", _seg_stats_backward,
+                                setup_context=_seg_stats_setup_context)
+torch.library.register_autograd("fastgenloss::seg_stats_bwd", _seg_second_order_error,
+                                setup_context=_no_setup)

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["CharbonnierLoss", "DiffusionLoss", "EDMLoss", "FlowMatchingLoss", "HuberLoss", "L1Loss",
-           "MSELoss", "PixelLoss", "SmoothL1Loss"]
+__all__ = ["CharbonnierLoss", "DiceLoss", "DiffusionLoss", "EDMLoss", "FlowMatchingLoss", "HuberLoss",
+           "JaccardLoss", "L1Loss", "MSELoss", "PixelLoss", "SegmentationLoss", "SmoothL1Loss",
+           "TverskyLoss"]
 
 
 class L1Loss(torch.nn.L1Loss):
@@ -283,3 +284,62 @@ class ContextualLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"band_width={self.band_width}"
+
+
+# ---- segmentation: smp's constructor arguments -----------------------------------------------
+
+class _SegLoss(torch.nn.Module):
+    _fn = None
+    _extra: tuple = ()
+
+    def __init__(self, mode: str, classes=None, log_loss: bool = False, from_logits: bool = True,
+                 smooth: float = 0.0, ignore_index: int | None = None, eps: float = 1e-7,
+                 class_weights=None, *, per_image: bool = False, **extra):
+        super().__init__()
+        self.mode, self.classes, self.log_loss, self.from_logits = mode, classes, log_loss, from_logits
+        self.smooth, self.ignore_index, self.eps = smooth, ignore_index, eps
+        self.class_weights, self.per_image = class_weights, per_image
+        self.extra = extra
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return type(self)._fn(y_pred, y_true, self.mode, classes=self.classes,
+                              log_loss=self.log_loss, from_logits=self.from_logits,
+                              smooth=self.smooth, ignore_index=self.ignore_index, eps=self.eps,
+                              class_weights=self.class_weights, per_image=self.per_image,
+                              **self.extra)
+
+
+class DiceLoss(_SegLoss):
+    """segmentation_models_pytorch.losses.DiceLoss, same arguments (plus ``per_image``)."""
+    _fn = staticmethod(F.dice_loss)
+
+
+class JaccardLoss(_SegLoss):
+    """segmentation_models_pytorch.losses.JaccardLoss, same arguments (plus ``per_image``)."""
+    _fn = staticmethod(F.jaccard_loss)
+
+
+class TverskyLoss(_SegLoss):
+    """segmentation_models_pytorch.losses.TverskyLoss, same arguments (plus ``per_image``)."""
+    _fn = staticmethod(F.tversky_loss)
+
+    def __init__(self, mode: str, classes=None, log_loss: bool = False, from_logits: bool = True,
+                 smooth: float = 0.0, ignore_index: int | None = None, eps: float = 1e-7,
+                 alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, class_weights=None,
+                 *, per_image: bool = False):
+        super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps,
+                         class_weights, per_image=per_image, alpha=alpha, beta=beta, gamma=gamma)
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Any weighted sum of Dice, IoU, Tversky, BCE/CE and focal terms, one kernel pass:
+    ``SegmentationLoss("multiclass", dice=1, iou=1, bce=0.8)``. Keyword arguments as
+    fastgenloss.segmentation_loss."""
+
+    def __init__(self, mode: str = "multiclass", **kwargs):
+        super().__init__()
+        self.mode = mode
+        self.kwargs = kwargs
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return F.segmentation_loss(y_pred, y_true, self.mode, **self.kwargs)

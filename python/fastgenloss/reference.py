@@ -336,14 +336,15 @@ def _seg_prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
         p = x.log_softmax(dim=1).exp() if mode == "multiclass" else F.logsigmoid(x).exp()
     else:
         p = x
-    p = p.reshape(n, c, -1)
+    m = x.shape[2:].numel()
+    p = p.reshape(n, c, m)
     if mode == "multiclass":
-        labels = target.reshape(n, -1).long()
+        labels = target.reshape(n, m).long()
         valid = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
         t = F.one_hot(labels * valid, c).permute(0, 2, 1).to(acc) * valid.unsqueeze(1)
         valid = valid.unsqueeze(1)
     else:
-        t = target.reshape(n, c, -1)
+        t = target.reshape(n, c, m)
         valid = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         t = t.to(acc) * valid
     return p, t, valid
@@ -421,17 +422,17 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float | None 
     multiclass mode), ignored elements left out; binary: the mean over kept elements;
     multiclass / multilabel: the mean per class, then the class mean (or class_weights')."""
     x = _seg_logits(input, mode, from_logits, eps)
-    n, c = x.shape[0], x.shape[1]
+    n, c, m = x.shape[0], x.shape[1], x.shape[2:].numel()
     if mode == "multiclass":
-        labels = target.reshape(n, -1).long()
+        labels = target.reshape(n, m).long()
         keep = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
         t = (labels.unsqueeze(1) == torch.arange(c, device=x.device).view(1, c, 1)).to(x.dtype)
         keep = keep.unsqueeze(1).expand(n, c, -1)
     else:
-        t = target.reshape(n, c, -1)
+        t = target.reshape(n, c, m)
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         t = t.to(x.dtype)
-    x = x.reshape(n, c, -1)
+    x = x.reshape(n, c, m)
     logpt = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     loss = (1.0 - torch.exp(-logpt)).pow(gamma) * logpt
     if alpha is not None:

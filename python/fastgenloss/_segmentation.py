@@ -1,0 +1,290 @@
+"""Segmentation losses (Dice, Jaccard/IoU, Tversky, BCE/CE, focal and their weighted sums) with
+segmentation_models_pytorch's arguments and results.
+
+One pass of the ``seg_stats`` kernel reduces logits and labels to per-(sample, class)
+statistics, P = sum p, T = sum t, A = sum |p - t| over the elements not ignored, and the
+cross-entropy summed per (sample, class); every loss term is then a small function of those
+[N, C] tensors (smp's soft Tversky score: TP = (P + T - A) / 2, FP = P - TP, FN = T - TP), so
+"IoU + Dice + 0.8 BCE" reads the logits once forward and once backward, and neither the
+softmax nor a one-hot of the labels is ever materialized. The second stage runs as ordinary
+PyTorch ops on [N, C] tensors, so autograd and torch.compile see through it.
+
+Conventions (smp's, where MONAI differs):
+- ``mode="multiclass"``: softmax over channels, integer labels [N, *spatial]; ``binary``: one
+  channel, sigmoid; ``multilabel``: sigmoid per channel, target of the input's shape.
+- Statistics are batch-wide per class (smp); ``per_image=True`` keeps them per sample and
+  averages the per-(sample, class) losses (MONAI's default is per sample).
+- A class with no target pixels contributes a zero loss (smp), and counts in the mean.
+- The cross-entropy term is smp's SoftCrossEntropyLoss / SoftBCEWithLogitsLoss: its mean divides
+  by every element, ignored ones included (torch's cross_entropy divides by the kept ones).
+- ``ignore_index`` elements take no part in any statistic and get a zero gradient.
+
+Where no kernel applies (probabilities as input, soft multiclass targets, a device without the
+kernel: CUDA for now) the same statistics are computed with PyTorch ops, and the second stage is
+shared. The focal term runs as PyTorch ops (reference.focal_loss) in every case for now.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import reference as _ref
+from ._ops import SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL
+
+MODES = {"binary": SEG_BINARY, "multiclass": SEG_MULTICLASS, "multilabel": SEG_MULTILABEL}
+_INT_LABELS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _desc(t: Tensor) -> str:
+    return f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+def _check(fn: str, input: Tensor, target: Tensor, mode: str):
+    """-> (input as [N, C, M], target as [N, M] labels or [N, C, M], mode code, labels?)."""
+    if mode not in MODES:
+        raise ValueError(f"{fn}: mode must be one of {sorted(MODES)}, got {mode!r}")
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise TypeError(f"{fn}: input and target must be tensors")
+    if not input.is_floating_point():
+        raise TypeError(f"{fn}: input must be floating-point logits, got {_desc(input)}")
+    if input.dim() < 3:
+        raise ValueError(f"{fn}: input must be [N, C, *spatial] (2D or 3D), got {_desc(input)}")
+    if target.device != input.device:
+        raise ValueError(f"{fn}: target is on {target.device} but input is on {input.device}")
+    n, c = input.shape[0], input.shape[1]
+    spatial = tuple(input.shape[2:])
+    if mode == "binary" and c != 1:
+        raise ValueError(f"{fn}: mode='binary' takes one channel [N, 1, *spatial], got "
+                         f"{_desc(input)} (use 'multilabel' for several)")
+    if mode == "multiclass" and c < 2:
+        raise ValueError(f"{fn}: mode='multiclass' needs C >= 2 classes, got {_desc(input)} "
+                         "(use mode='binary' for one channel)")
+    m = math.prod(spatial)
+    x = input.reshape(n, c, m)
+    if mode == "multiclass" and target.dtype in _INT_LABELS:
+        if tuple(target.shape) != (n, *spatial):
+            raise ValueError(f"{fn}: multiclass labels must be [N, *spatial] = {[n, *spatial]}, "
+                             f"got target {_desc(target)} for input {_desc(input)}")
+        return x, target.reshape(n, m), MODES[mode], True
+    if target.dtype == torch.bool or target.dtype in _INT_LABELS and mode != "multiclass":
+        target = target.to(input.dtype)
+    if not target.is_floating_point():
+        raise TypeError(f"{fn}: target must be integer labels or a float mask, got {_desc(target)}")
+    if mode == "binary" and tuple(target.shape) == (n, *spatial):
+        target = target.unsqueeze(1)
+    if target.shape != input.shape:
+        raise ValueError(f"{fn}: target must have the input's shape {list(input.shape)} "
+                         f"(or be integer labels in multiclass mode), got {_desc(target)}")
+    return x, target.reshape(n, c, m), MODES[mode], False
+
+
+def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: bool,
+                 ignore_index, eps: float):
+    """(stats [N, C, 3], xent [N, C]) with PyTorch ops: the path where no kernel applies."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(acc)
+    n, c, _ = xf.shape
+    if from_logits:
+        logits = xf
+        p = xf.log_softmax(1).exp() if mode == SEG_MULTICLASS else F.logsigmoid(xf).exp()
+    else:
+        p = xf
+        q = xf.clamp(eps, 1 - eps)
+        logits = torch.log(q) if mode == SEG_MULTICLASS else torch.log(q / (1 - q))
+    if labels:
+        keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        lab = (t.long() * keep)
+        if bool(((lab < 0) | (lab >= c)).any()):
+            bad = t[keep & ((t.long() < 0) | (t.long() >= c))][0].item()
+            raise ValueError(f"labels must be in [0, {c})" +
+                             (f" or ignore_index ({ignore_index})" if ignore_index is not None else "")
+                             + f", got {bad}")
+        tt = F.one_hot(lab, c).permute(0, 2, 1).to(acc) * keep.unsqueeze(1)
+        keep = keep.unsqueeze(1)
+        logp = logits.log_softmax(1) if from_logits else logits
+        nll = -logp.gather(1, lab.unsqueeze(1)) * keep  # [N, 1, M]
+        xent = torch.zeros(n, c, dtype=acc, device=x.device).scatter_add_(
+            1, lab, nll.squeeze(1)) if nll.numel() else torch.zeros(n, c, dtype=acc, device=x.device)
+    else:
+        keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        tt = t.to(acc) * keep
+        if mode == SEG_MULTICLASS:  # soft multiclass targets: cross-entropy against them
+            xent = (-(logits.log_softmax(1) if from_logits else logits) * tt).sum(2)
+        else:
+            xent = (F.binary_cross_entropy_with_logits(logits, tt, reduction="none") * keep).sum(2)
+    pv = p * keep
+    stats = torch.stack([pv.sum(2), tt.sum(2), (pv - tt).abs().sum(2)], dim=-1)
+    return stats, xent
+
+
+def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = True,
+              ignore_index: int | None = None, eps: float = 1e-7, fn: str = "seg_stats"):
+    """(stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]) per sample and class."""
+    x, t, code, labels = _check(fn, input, target, mode)
+    kernel = (from_logits and x.device.type == "cpu"
+              and (labels or code != SEG_MULTICLASS))
+    if kernel:
+        has_ignore = ignore_index is not None
+        ig = int(ignore_index) if has_ignore else 0
+        if not labels and has_ignore and float(ig) != float(ignore_index):
+            kernel = False
+    if not kernel:
+        return _torch_stats(x, t, code, labels, from_logits, ignore_index, eps)
+    x = x.contiguous()
+    t = t.contiguous()
+    try:
+        return torch.ops.fastgenloss.seg_stats(x, t, code, has_ignore, ig)
+    except RuntimeError as e:
+        msg = str(e).split("\n")[0]
+        if "labels must be" in msg:
+            raise ValueError(f"{fn}: {msg.split(': ', 1)[-1]} (target {_desc(target)})") from None
+        raise
+
+
+def _from_stats(stats: Tensor, *, alpha: float, beta: float, smooth: float, eps: float,
+                log_loss: bool, per_image: bool) -> Tensor:
+    """Per-class (or per-(sample, class)) Tversky losses, zero where the class is absent."""
+    P, T, A = stats.unbind(-1)
+    if not per_image:
+        P, T, A = P.sum(0), T.sum(0), A.sum(0)
+    tp = (P + T - A) / 2
+    fp, fn = P - tp, T - tp
+    score = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(eps)
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
+    return loss * (T > 0).to(loss.dtype)
+
+
+def _aggregate(loss: Tensor, classes, class_weights, reduction: str, fn: str) -> Tensor:
+    c = loss.shape[-1]
+    idx = None
+    if classes is not None:
+        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device).reshape(-1)
+        if idx.numel() and (int(idx.min()) < -c or int(idx.max()) >= c):
+            raise ValueError(f"{fn}: classes must index the {c} channels, got {list(idx.tolist())}")
+        loss = loss.index_select(-1, idx % c)
+    if reduction == "none":
+        return loss
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=loss.dtype, device=loss.device).reshape(-1)
+        if w.numel() != c:
+            raise ValueError(f"{fn}: class_weights must have one weight per class ({c}), got "
+                             f"{w.numel()}")
+        if idx is not None:
+            w = w.index_select(0, idx % c)
+        w = w.expand_as(loss)
+        total = (loss * w).sum()
+        return total / w.sum() if reduction == "mean" else total
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def _check_common(fn: str, mode: str, reduction: str, classes, class_weights, smooth, eps):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if mode == "binary" and (classes is not None or class_weights is not None):
+        raise ValueError(f"{fn}: classes / class_weights are not supported with mode='binary' "
+                         "(as in smp)")
+    if smooth < 0 or eps < 0:
+        raise ValueError(f"{fn}: smooth and eps must be >= 0, got {smooth} and {eps}")
+
+
+def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
+                      dice: float = 1.0, iou: float = 1.0, bce: float = 0.8, focal: float = 0.0,
+                      tversky: float = 0.0, ce: float | None = None, jaccard: float | None = None,
+                      tversky_alpha: float = 0.5, tversky_beta: float = 0.5,
+                      tversky_gamma: float = 1.0, focal_alpha: float | None = None,
+                      focal_gamma: float = 2.0, classes=None, log_loss: bool = False,
+                      from_logits: bool = True, smooth: float = 0.0, eps: float = 1e-7,
+                      ignore_index: int | None = None, class_weights=None,
+                      per_image: bool = False, reduction: str = "mean",
+                      _fn: str = "segmentation_loss") -> Tensor:
+    """dice * DiceLoss + iou * JaccardLoss + bce * (BCE, or CE in multiclass mode)
+    + focal * FocalLoss + tversky * TverskyLoss, each term as smp computes it, from one pass of
+    the statistics kernel. ``ce`` is an alias of ``bce``, ``jaccard`` of ``iou``.
+    ``reduction="none"`` (one overlap term only) returns its per-class losses."""
+    if ce is not None:
+        bce = ce
+    if jaccard is not None:
+        iou = jaccard
+    _check_common(_fn, mode, reduction, classes, class_weights, smooth, eps)
+    overlap = [(w, a, b, g) for w, a, b, g in ((dice, 0.5, 0.5, 1.0), (iou, 1.0, 1.0, 1.0),
+               (tversky, tversky_alpha, tversky_beta, tversky_gamma)) if w]
+    if reduction == "none" and (len(overlap) != 1 or bce or focal):
+        raise ValueError(f"{_fn}: reduction='none' returns per-class losses of one overlap term")
+    stats, xent = seg_stats(input, target, mode=mode, from_logits=from_logits,
+                            ignore_index=ignore_index, eps=eps, fn=_fn)
+    total = None
+
+    def add(term):
+        nonlocal total
+        total = term if total is None else total + term
+
+    for w, a, b, g in overlap:
+        loss = _from_stats(stats, alpha=a, beta=b, smooth=smooth, eps=eps, log_loss=log_loss,
+                           per_image=per_image)
+        loss = _aggregate(loss, classes, class_weights, reduction, _fn)
+        if reduction == "none":
+            return loss
+        add(w * (loss ** g if g != 1.0 else loss))
+    if bce:
+        count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
+        x = xent.sum()
+        add(bce * (x / max(count, 1) if reduction == "mean" else x))
+    if focal:
+        add(focal * _ref.focal_loss(input, target, mode=mode, alpha=focal_alpha, gamma=focal_gamma,
+                                    ignore_index=ignore_index, from_logits=from_logits, eps=eps,
+                                    class_weights=class_weights,
+                                    reduction="sum" if reduction == "sum" else "mean"))
+    if total is None:
+        return stats.new_zeros(())
+    return total
+
+
+def _only(term: str, **fixed):
+    zero = dict(dice=0.0, iou=0.0, bce=0.0, focal=0.0, tversky=0.0)
+    zero.update(fixed)
+    return zero
+
+
+def dice_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *, classes=None,
+              log_loss: bool = False, from_logits: bool = True, smooth: float = 0.0,
+              ignore_index: int | None = None, eps: float = 1e-7, class_weights=None,
+              per_image: bool = False, reduction: str = "mean") -> Tensor:
+    """smp's DiceLoss: 1 - 2TP / (2TP + FP + FN) per class (``log_loss``: -log of the score),
+    zero for classes absent from the target, the class mean (``class_weights``: weighted)."""
+    return segmentation_loss(input, target, mode, **_only("dice", dice=1.0), classes=classes,
+                             log_loss=log_loss, from_logits=from_logits, smooth=smooth, eps=eps,
+                             ignore_index=ignore_index, class_weights=class_weights,
+                             per_image=per_image, reduction=reduction, _fn="dice_loss")
+
+
+def jaccard_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *, classes=None,
+                 log_loss: bool = False, from_logits: bool = True, smooth: float = 0.0,
+                 ignore_index: int | None = None, eps: float = 1e-7, class_weights=None,
+                 per_image: bool = False, reduction: str = "mean") -> Tensor:
+    """smp's JaccardLoss (IoU loss): 1 - TP / (TP + FP + FN) per class, as dice_loss."""
+    return segmentation_loss(input, target, mode, **_only("iou", iou=1.0), classes=classes,
+                             log_loss=log_loss, from_logits=from_logits, smooth=smooth, eps=eps,
+                             ignore_index=ignore_index, class_weights=class_weights,
+                             per_image=per_image, reduction=reduction, _fn="jaccard_loss")
+
+
+iou_loss = jaccard_loss
+
+
+def tversky_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
+                 alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, classes=None,
+                 log_loss: bool = False, from_logits: bool = True, smooth: float = 0.0,
+                 ignore_index: int | None = None, eps: float = 1e-7, class_weights=None,
+                 per_image: bool = False, reduction: str = "mean") -> Tensor:
+    """smp's TverskyLoss: 1 - TP / (TP + alpha FP + beta FN) per class, the class mean raised to
+    gamma (focal Tversky)."""
+    return segmentation_loss(input, target, mode, **_only("tversky", tversky=1.0),
+                             tversky_alpha=alpha, tversky_beta=beta, tversky_gamma=gamma,
+                             classes=classes, log_loss=log_loss, from_logits=from_logits,
+                             smooth=smooth, eps=eps, ignore_index=ignore_index,
+                             class_weights=class_weights, per_image=per_image,
+                             reduction=reduction, _fn="tversky_loss")

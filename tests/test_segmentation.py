@@ -1,0 +1,235 @@
+"""The fused segmentation losses against fastgenloss.reference (itself checked against smp in
+test_segmentation_reference.py): every mode x term x ignore_index x per_image x dtype, 2D and 3D,
+label dtypes, odd sizes, absent classes, all pixels ignored, empty batch; gradcheck, opcheck,
+torch.compile(fullgraph=True), determinism across thread counts, the smp-style modules,
+errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastgenloss as fgl
+from fastgenloss import reference as R
+from helpers import check_against_reference
+
+C = 5
+IGNORE = 255
+
+
+def make(mode, spatial, *, n=2, c=C, ignore=False, seed=0, absent=False, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 1 if mode == "binary" else c, *spatial), generator=g, dtype=torch.float64) * 3
+    if mode == "multiclass":
+        t = torch.randint(0, c - 1 if absent else c, (n, *spatial), generator=g)
+        if ignore:
+            t[torch.rand(t.shape, generator=g) < 0.25] = IGNORE
+    else:
+        t = (torch.rand(x.shape, generator=g) < 0.4).to(torch.float64)
+        if absent:
+            t[:, -1] = 0
+        if ignore:
+            t[torch.rand(t.shape, generator=g) < 0.25] = -1.0
+    return x.to(device).requires_grad_(True), t.to(device)
+
+
+MODES = ["binary", "multiclass", "multilabel"]
+TERMS = [
+    dict(dice=1.0, iou=0.0, bce=0.0),
+    dict(dice=0.0, iou=1.0, bce=0.0),
+    dict(dice=0.0, iou=0.0, bce=1.0),
+    dict(dice=1.0, iou=1.0, bce=0.8),  # the issue's "IoU + Dice + 0.8 BCE"
+    dict(dice=0.0, iou=0.0, bce=0.0, tversky=1.0, tversky_alpha=0.3, tversky_beta=0.7,
+         tversky_gamma=1.3),
+    dict(dice=1.0, iou=0.0, bce=0.5, focal=1.0, focal_alpha=0.25),
+]
+TERM_IDS = ["dice", "iou", "bce", "dice+iou+0.8bce", "tversky", "dice+bce+focal"]
+
+
+@pytest.mark.parametrize("terms", TERMS, ids=TERM_IDS)
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("spatial", [(7, 9), (3, 4, 5)], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference_float64(device, mode, spatial, ignore, per_image, terms):
+    x, t = make(mode, spatial, ignore=ignore, absent=True, device=device)
+    ig = (IGNORE if mode == "multiclass" else -1) if ignore else None
+    kw = dict(terms, ignore_index=ig, per_image=per_image)
+    got = fgl.segmentation_loss(x, t, mode, **kw)
+    want = R.segmentation_loss(x, t, mode=mode, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    (gx,) = torch.autograd.grad(got, x)
+    (rx,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(gx, rx, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_low_precision_against_float64(device, mode, dtype):
+    """float32 / half / bfloat16 logits: float accumulation, error within the 2x rule of plain
+    PyTorch in that dtype against float64."""
+    x, t = make(mode, (17, 33), n=3, ignore=True, device=device, seed=4)
+    ig = IGNORE if mode == "multiclass" else -1
+    check_against_reference(
+        lambda a: fgl.segmentation_loss(a, t, mode, ignore_index=ig),
+        lambda a: R.segmentation_loss(a, t, mode=mode, ignore_index=ig), [x], dtype, factor=16.0)
+
+
+def test_half_logits_do_not_overflow(device):
+    """smp's float16 Dice overflows its sums: ours accumulate in float."""
+    x = (torch.randn(2, 3, 256, 256, device=device) * 4).half().requires_grad_(True)
+    t = torch.randint(0, 3, (2, 256, 256), device=device)
+    loss = fgl.segmentation_loss(x, t, "multiclass")
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    (g,) = torch.autograd.grad(loss, x)
+    assert g.dtype == torch.float16 and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64],
+                         ids=str)
+def test_label_dtypes(device, label_dtype):
+    x, t = make("multiclass", (6, 7), device=device)
+    want = R.segmentation_loss(x, t, mode="multiclass")
+    torch.testing.assert_close(fgl.segmentation_loss(x, t.to(label_dtype), "multiclass"), want)
+
+
+def test_layouts(device):
+    """channels_last, channels_last_3d and non-contiguous logits give the contiguous result."""
+    x, t = make("multiclass", (6, 8), device=device)
+    want = fgl.segmentation_loss(x, t, "multiclass")
+    for v in (x.detach().to(memory_format=torch.channels_last),
+              x.detach().transpose(2, 3).contiguous().transpose(2, 3)):
+        torch.testing.assert_close(fgl.segmentation_loss(v, t, "multiclass"), want)
+    x3, t3 = make("multiclass", (3, 4, 5), device=device)
+    v3 = x3.detach().to(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(fgl.segmentation_loss(v3, t3, "multiclass"),
+                               fgl.segmentation_loss(x3.detach(), t3, "multiclass"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_all_ignored_and_empty_batch(device, mode):
+    x, t = make(mode, (4, 4), ignore=False, device=device)
+    t_all = torch.full_like(t, IGNORE if mode == "multiclass" else -1)
+    ig = IGNORE if mode == "multiclass" else -1
+    got = fgl.segmentation_loss(x, t_all, mode, ignore_index=ig)
+    want = R.segmentation_loss(x, t_all, mode=mode, ignore_index=ig)
+    torch.testing.assert_close(got, want)
+    (g,) = torch.autograd.grad(got, x)
+    assert (g == 0).all()
+    xe, te = x[:0].detach().requires_grad_(True), t[:0]
+    torch.testing.assert_close(fgl.segmentation_loss(xe, te, mode, bce=0.0),
+                               R.segmentation_loss(xe, te, mode=mode, bce=0.0), equal_nan=True)
+
+
+@pytest.mark.parametrize("fn,ref,kw", [
+    (fgl.dice_loss, R.dice_loss, {}),
+    (fgl.jaccard_loss, R.jaccard_loss, {"log_loss": True, "smooth": 1.0}),
+    (fgl.iou_loss, R.jaccard_loss, {"classes": [0, 3], "class_weights": [1, 2, 3, 4, 5]}),
+    (fgl.tversky_loss, R.tversky_loss, {"alpha": 0.2, "beta": 0.8, "gamma": 2.0}),
+    (fgl.dice_loss, R.dice_loss, {"reduction": "none"}),
+    (fgl.dice_loss, R.dice_loss, {"reduction": "none", "per_image": True}),
+    (fgl.dice_loss, R.dice_loss, {"reduction": "sum"}),
+])
+def test_single_terms(device, fn, ref, kw):
+    x, t = make("multiclass", (9, 5), device=device, absent=True)
+    got, want = fn(x, t, "multiclass", **kw), ref(x, t, mode="multiclass", **kw)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_probabilities_and_soft_targets(device, mode):
+    x, t = make(mode, (6, 5), device=device)
+    probs = (x.softmax(1) if mode == "multiclass" else x.sigmoid()).detach().requires_grad_(True)
+    torch.testing.assert_close(fgl.segmentation_loss(probs, t, mode, from_logits=False),
+                               R.segmentation_loss(probs, t, mode=mode, from_logits=False))
+    if mode == "multiclass":  # soft labels of the input's shape: PyTorch-ops path
+        soft = torch.rand(x.shape, dtype=x.dtype, device=device).softmax(1)
+        loss = fgl.segmentation_loss(x, soft, mode, bce=0.0)
+        hard = torch.nn.functional.one_hot(t, C).permute(0, 3, 1, 2).to(x.dtype)
+        torch.testing.assert_close(fgl.segmentation_loss(x, hard, mode, bce=0.0),
+                                   fgl.segmentation_loss(x, t, mode, bce=0.0))
+        assert torch.isfinite(loss)
+
+
+def test_gradcheck(device):
+    for mode in MODES:
+        x, t = make(mode, (3, 4), device=device, ignore=True, seed=9)
+        ig = IGNORE if mode == "multiclass" else -1
+        assert torch.autograd.gradcheck(
+            lambda a: fgl.segmentation_loss(a, t, mode, ignore_index=ig, tversky=0.5), (x,))
+
+
+def test_opcheck(device):
+    x, t = make("multiclass", (4, 6), device=device)
+    if device != "cpu":
+        pytest.skip("the kernel is CPU-only for now")
+    for args in [(x.detach().reshape(2, C, -1).float(), t.reshape(2, -1), 1, True, 3),
+                 (x.detach().reshape(2, C, -1), t.reshape(2, -1).int(), 1, False, 0)]:
+        torch.library.opcheck(torch.ops.fastgenloss.seg_stats.default, args)
+    xm, tm = make("multilabel", (4, 6), device=device)
+    torch.library.opcheck(torch.ops.fastgenloss.seg_stats.default,
+                          (xm.detach().reshape(2, C, -1), tm.reshape(2, C, -1), 2, False, 0))
+
+
+def test_compile_fullgraph(device):
+    x, t = make("multiclass", (8, 8), device=device, ignore=True)
+    fn = torch.compile(lambda a, b: fgl.segmentation_loss(a, b, "multiclass", ignore_index=IGNORE),
+                       fullgraph=True)
+    got = fn(x, t)
+    want = fgl.segmentation_loss(x, t, "multiclass", ignore_index=IGNORE)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+
+
+def test_deterministic_across_thread_counts():
+    x, t = make("multiclass", (64, 200), n=3, seed=12)
+    x = x.float().detach().requires_grad_(True)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, old):
+            torch.set_num_threads(threads)
+            loss = fgl.segmentation_loss(x, t, "multiclass")
+            (g,) = torch.autograd.grad(loss, x)
+            results.append((loss, g))
+    finally:
+        torch.set_num_threads(old)
+    for loss, g in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(g, results[0][1])
+
+
+def test_modules_are_drop_in_for_smp(device):
+    x, t = make("multiclass", (6, 6), device=device)
+    for ours, ref in [(fgl.nn.DiceLoss("multiclass", ignore_index=1), R.dice_loss),
+                      (fgl.nn.JaccardLoss("multiclass", log_loss=True), R.jaccard_loss)]:
+        kw = {"ignore_index": 1} if ours.ignore_index is not None else {"log_loss": True}
+        torch.testing.assert_close(ours(x, t), ref(x, t, mode="multiclass", **kw))
+    tv = fgl.nn.TverskyLoss("multiclass", alpha=0.3, beta=0.7, gamma=1.5)
+    torch.testing.assert_close(tv(x, t), R.tversky_loss(x, t, mode="multiclass", alpha=0.3,
+                                                        beta=0.7, gamma=1.5))
+    s = fgl.nn.SegmentationLoss("multiclass", dice=1.0, iou=1.0, ce=0.8)
+    torch.testing.assert_close(s(x, t), R.segmentation_loss(x, t, mode="multiclass"))
+
+
+@pytest.mark.parametrize("make_args,match", [
+    (lambda x, t: (x, t, "multi"), "mode must be one of"),
+    (lambda x, t: (x, t.clamp(max=3) + 3, "multiclass"), r"labels must be in \[0, 5\)"),
+    (lambda x, t: (x, t - 1, "multiclass"), r"labels must be in \[0, 5\), got -1"),
+    (lambda x, t: (x, t[:, :-1], "multiclass"), r"labels must be \[N, \*spatial\]"),
+    (lambda x, t: (x[:, :1], t * 0, "multiclass"), "needs C >= 2"),
+    (lambda x, t: (x, t, "binary"), "one channel"),
+    (lambda x, t: (x.detach().long(), t, "multiclass"), "floating-point logits"),
+    (lambda x, t: (x, t.float()[:, :2], "multilabel"), "input's shape"),
+    (lambda x, t: (x[0, 0], t, "multiclass"), r"\[N, C, \*spatial\]"),
+])
+def test_errors_name_the_argument(make_args, match):
+    x, t = make("multiclass", (4, 4))
+    with pytest.raises((ValueError, TypeError), match=match):
+        fgl.segmentation_loss(*make_args(x, t))
+
+
+def test_out_of_range_label_with_ignore_index_names_both():
+    x, t = make("multiclass", (4, 4))
+    t[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"or ignore_index \(255\), got 7"):
+        fgl.segmentation_loss(x, t, "multiclass", ignore_index=IGNORE)
