@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -26,6 +27,36 @@ namespace {
 constexpr const char* kOp = "fastgenloss::seg_stats";
 constexpr int64_t kChunk = 4096;  // positions per deterministic partial sum
 constexpr int64_t kTile = 64;     // multiclass positions handled together
+constexpr int kLanes = 8;         // independent partial sums in a reduction loop
+
+// exp for the softmax: range reduction to r in [-ln2/2, ln2/2] (n = round(x log2 e) by the
+// 1.5 * 2^23 trick, exact for |x log2 e| < 2^22), a degree-6 polynomial for e^r (Cephes'
+// expf coefficients, relative error ~1e-7 = 1 ulp of float) and 2^n put into the exponent
+// bits: branch-free, so the compiler vectorizes the loops that call it (std::exp is a scalar
+// libm call). Inputs here are x - max <= 0; below -87 the result flushes to 0 as expf's
+// underflow does (to within its denormal range).
+static inline float exp_vec(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float shift = 12582912.0f;  // 1.5 * 2^23
+  const float fn = (x * 1.44269504088896341f + shift) - shift;
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  const int32_t e = (int32_t(fn) + 127) << 23;
+  std::memcpy(&bits, &p, sizeof bits);
+  bits += e - (127 << 23);
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+static inline double exp_vec(double x) { return std::exp(x); }
 
 struct BadLabel {
   std::atomic<bool> seen{false};
@@ -78,6 +109,8 @@ struct Tile {
   acc_t lse[kTile];      // max + log(sum exp)
   int64_t lbl[kTile];
   bool valid[kTile];
+  acc_t vf[kTile];       // valid as 1 / 0
+  int32_t lbl32[kTile];  // the label where valid, else -1
 
   explicit Tile(int64_t c) : e(size_t(c) * kTile) {}
 
@@ -97,24 +130,28 @@ struct Tile {
       const scalar_t* row = x + k * m + m0;
       acc_t* ek = e.data() + k * kTile;
       for (int64_t t = 0; t < len; ++t) {
-        ek[t] = std::exp(acc_t(row[t]) - mx[t]);
+        ek[t] = exp_vec(acc_t(row[t]) - mx[t]);
         s[t] += ek[t];
       }
     }
+    acc_t inv[kTile];
     for (int64_t t = 0; t < len; ++t) {
-      const acc_t inv = 1.f / s[t];
+      inv[t] = acc_t(1) / s[t];
       lse[t] = mx[t] + std::log(s[t]);
-      for (int64_t k = 0; k < c; ++k) e[k * kTile + t] *= inv;
+    }
+    for (int64_t k = 0; k < c; ++k) {
+      acc_t* ek = e.data() + k * kTile;
+      for (int64_t t = 0; t < len; ++t) ek[t] *= inv[t];
+    }
+    for (int64_t t = 0; t < len; ++t) {
       const int64_t l = int64_t(lab[m0 + t]);
       const bool ign = has_ignore && l == ignore;
-      if (!ign && (l < 0 || l >= c)) {
-        bad.report(l);
-        valid[t] = false;
-        lbl[t] = 0;
-        continue;
-      }
-      valid[t] = !ign;
-      lbl[t] = ign ? 0 : l;
+      const bool bad_label = !ign && (l < 0 || l >= c);
+      if (bad_label) bad.report(l);
+      valid[t] = !ign && !bad_label;
+      lbl[t] = valid[t] ? l : 0;
+      vf[t] = valid[t] ? acc_t(1) : acc_t(0);
+      lbl32[t] = valid[t] ? int32_t(l) : int32_t(-1);  // -1: matches no class
     }
   }
 };
@@ -139,17 +176,30 @@ void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
         tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
         for (int64_t k = 0; k < c; ++k) {
           const acc_t* ek = tile.e.data() + k * kTile;
-          acc_t P = 0.f, T = 0.f, A = 0.f;
-          for (int64_t t = 0; t < len; ++t) {
-            const acc_t pv = tile.valid[t] ? ek[t] : 0.f;
-            const acc_t tv = (tile.valid[t] && tile.lbl[t] == k) ? 1.f : 0.f;
-            P += pv;
-            T += tv;
-            A += std::fabs(pv - tv);
+          // kLanes independent partial sums: vectorizable without reassociation
+          acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {};
+          int64_t t = 0;
+          for (; t + kLanes <= len; t += kLanes) {
+            for (int q = 0; q < kLanes; ++q) {
+              const acc_t pv = ek[t + q] * tile.vf[t + q];
+              const acc_t tv = tile.lbl32[t + q] == int32_t(k) ? acc_t(1) : acc_t(0);
+              P[q] += pv;
+              T[q] += tv;
+              A[q] += std::fabs(pv - tv);
+            }
           }
-          acc[k * 4 + 0] += P;
-          acc[k * 4 + 1] += T;
-          acc[k * 4 + 2] += A;
+          for (; t < len; ++t) {
+            const acc_t pv = ek[t] * tile.vf[t];
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            P[0] += pv;
+            T[0] += tv;
+            A[0] += std::fabs(pv - tv);
+          }
+          for (int q = 0; q < kLanes; ++q) {
+            acc[k * 4 + 0] += P[q];
+            acc[k * 4 + 1] += T[q];
+            acc[k * 4 + 2] += A[q];
+          }
         }
         for (int64_t t = 0; t < len; ++t) {
           if (!tile.valid[t]) continue;
@@ -181,15 +231,19 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
       for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
         const int64_t len = std::min(kTile, m1 - m0);
         tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
-        acc_t dot[kTile];
-        for (int64_t t = 0; t < len; ++t) dot[t] = 0.f;
+        acc_t dot[kTile], gce[kTile];
+        for (int64_t t = 0; t < len; ++t) {
+          dot[t] = acc_t(0);
+          gce[t] = gxb[tile.lbl[t]] * tile.vf[t];
+        }
         for (int64_t k = 0; k < c; ++k) {
           const acc_t* ek = tile.e.data() + k * kTile;
           acc_t* gk = g.data() + k * kTile;
           const acc_t gp = gsb[k * 3 + 0], ga = gsb[k * 3 + 2];
           for (int64_t t = 0; t < len; ++t) {
-            const acc_t tv = tile.lbl[t] == k ? 1.f : 0.f;
-            const acc_t v = gp + ga * seg_sign(ek[t] - tv);
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            const acc_t u = ek[t] - tv;
+            const acc_t v = gp + ga * (u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0)));
             gk[t] = v;
             dot[t] += ek[t] * v;
           }
@@ -199,10 +253,10 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
           const acc_t* gk = g.data() + k * kTile;
           scalar_t* orow = ob + k * m + m0;
           for (int64_t t = 0; t < len; ++t) {
-            const acc_t tv = tile.lbl[t] == k ? 1.f : 0.f;
-            const acc_t gce = gxb[tile.lbl[t]];
-            const acc_t d = ek[t] * (gk[t] - dot[t]) + gce * (ek[t] - tv);
-            orow[t] = scalar_t(tile.valid[t] ? d : 0.f);
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
+            const acc_t d = ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+            orow[t] = scalar_t(d);
           }
         }
       }
