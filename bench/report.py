@@ -40,8 +40,8 @@ def main(path: str) -> None:
           "(min_bytes of the bench file), as a share of the copy rate; for the GEMM-bound "
           "style passes, the rate of the matrix products' floating-point operations.\n")
     print("| loss | elements | dtype | pass | fastgenloss ms | reference ms | compile ms "
-          "| vs ref | vs compile | % copy | peak MB ours / ref / compile |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| vs ref | vs compile | % copy | peak MB ours / ref / compile | peer libraries ms (ours vs) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted(rows, key=lambda k: (k[0], str(k[1]), k[2])):
         r = rows[key]
         for passes in ("fwd", "bwd", "fwd+bwd"):
@@ -68,8 +68,14 @@ def main(path: str) -> None:
             nflops = flops.get(key + (passes,))
             if nflops:
                 pct = f"{nflops / (ours[0] / 1e3) / 1e12:.3g} TFLOP/s"
+            peers = "; ".join(
+                f"{impl} {v[0]:.3f} ({v[0] / ours[0]:.2f}x"
+                + (f", {v[1] / 2**20:.0f} MB" if passes == "fwd+bwd" and v[1] is not None else "")
+                + ")"
+                for (impl, p), v in sorted(r.items())
+                if p == passes and impl not in ("fastgenloss", "reference", "compile")) or "-"
             print(f"| {key[0]} | {key[1]} | {key[2]} | {passes} | {fmt(ours)} | {fmt(ref)} | "
-                  f"{fmt(comp)} | {speed(ref)} | {speed(comp)} | {pct} | {mem} |")
+                  f"{fmt(comp)} | {speed(ref)} | {speed(comp)} | {pct} | {mem} | {peers} |")
 
 
 if __name__ == "__main__":

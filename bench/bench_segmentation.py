@@ -1,0 +1,146 @@
+"""Segmentation losses: "Dice + IoU + 0.8 CE" (multiclass, from logits, integer labels) as
+fastgenloss.segmentation_loss, segmentation_models_pytorch's DiceLoss + JaccardLoss +
+0.8 SoftCrossEntropyLoss, MONAI's DiceLoss + DiceLoss(jaccard=True) (batch-wide, softmax,
+one-hot labels) + 0.8 torch cross-entropy, the plain-PyTorch reference eager and under
+torch.compile; fwd, bwd, fwd+bwd and peak memory.
+
+    pytest bench/bench_segmentation.py --benchmark-json out.json   # then: python bench/report.py out.json
+
+FGL_BENCH_SEG: comma-separated logits shapes NxCxHxW or NxCxDxHxW (default 8x19x256x256 and
+2x4x64x64x64 on the CPU; 16x19x512x512 and 2x4x128x128x128 on a GPU). smp / MONAI rows are
+left out where the package is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import fastgenloss as fgl
+from fastgenloss import reference as R
+from fastgenloss._measure import allow_many_compiles, peak_memory_bytes
+
+from conftest import bench_device, bench_dtypes, bench_impls
+
+DEVICE = bench_device()
+allow_many_compiles()
+_DEFAULT = "16x19x512x512,2x4x128x128x128" if DEVICE == "cuda" else "8x19x256x256,2x4x64x64x64"
+SHAPES = [tuple(int(v) for v in s.strip().split("x"))
+          for s in os.environ.get("FGL_BENCH_SEG", _DEFAULT).split(",") if s.strip()]
+
+
+def _smp():
+    try:
+        import segmentation_models_pytorch.losses as L
+    except Exception:  # noqa: BLE001  (absent, or its imports fail)
+        return None
+    dice, iou = L.DiceLoss("multiclass"), L.JaccardLoss("multiclass")
+    ce = L.SoftCrossEntropyLoss(smooth_factor=0.0)
+    return lambda x, t: dice(x, t) + iou(x, t) + 0.8 * ce(x, t)
+
+
+def _monai():
+    try:
+        from monai.losses import DiceLoss
+    except Exception:  # noqa: BLE001
+        return None
+    dice = DiceLoss(softmax=True, to_onehot_y=True, batch=True)
+    iou = DiceLoss(softmax=True, to_onehot_y=True, batch=True, jaccard=True)
+    return lambda x, t: (dice(x, t.unsqueeze(1)) + iou(x, t.unsqueeze(1))
+                         + 0.8 * torch.nn.functional.cross_entropy(x, t))
+
+
+def _ours(x, t):
+    return fgl.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0, bce=0.8)
+
+
+def _ref(x, t):
+    return R.segmentation_loss(x, t, mode="multiclass", dice=1.0, iou=1.0, bce=0.8)
+
+
+_compiled: dict = {}
+IMPLS = bench_impls() + ["smp", "monai"]
+
+
+def _impl_fn(impl: str):
+    if impl == "fastgenloss":
+        return _ours
+    if impl == "reference":
+        return _ref
+    if impl == "compile":
+        if "ref" not in _compiled:
+            _compiled["ref"] = torch.compile(_ref, dynamic=False)
+        return _compiled["ref"]
+    fn = {"smp": _smp, "monai": _monai}[impl]()
+    if fn is None:
+        pytest.skip(f"{impl} is not installed")
+    return fn
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _shape_id(shape):
+    return "x".join(str(s) for s in shape)
+
+
+@pytest.mark.parametrize("dtype", bench_dtypes(), ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("passes", ["fwd", "bwd", "fwd+bwd"])
+def test_segmentation(benchmark, passes, impl, shape, dtype):
+    if impl == "monai" and dtype != torch.float32:
+        pytest.skip("MONAI's one-hot Dice is compared in float32 only")
+    fn = _impl_fn(impl)
+    g = torch.Generator(device="cpu").manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).mul_(2).to(device=DEVICE, dtype=dtype)
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(DEVICE)
+    x.requires_grad_(passes != "fwd")
+    name = _shape_id(shape)
+    benchmark.group = f"segmentation {passes} {name} {str(dtype)[6:]} {DEVICE}"
+    # bytes a pass must move at least: the logits once (+ the gradient backward), the labels
+    nbytes = x.numel() * x.element_size() + t.numel() * t.element_size()
+    benchmark.extra_info.update(case="dice+iou+0.8ce", passes=passes, impl=impl,
+                                numel=x.numel(), shape=name, dtype=str(dtype)[6:],
+                                device=DEVICE,
+                                device_name=(torch.cuda.get_device_name() if DEVICE == "cuda"
+                                             else "cpu"),
+                                threads=torch.get_num_threads(), torch=torch.__version__,
+                                bytes={"fwd": nbytes, "bwd": nbytes + x.numel() * x.element_size(),
+                                           "fwd+bwd": 2 * nbytes + x.numel() * x.element_size()}[passes])
+
+    if passes == "fwd":
+        def run():
+            with torch.no_grad():
+                fn(x, t)
+            _sync()
+        run()
+        benchmark(run)
+        return
+
+    def fwd_bwd():
+        fn(x, t).backward()
+        x.grad = None
+        _sync()
+
+    fwd_bwd()  # compile and warm up outside the measurement
+    if passes == "fwd+bwd":
+        benchmark.extra_info["peak_mem_bytes"] = peak_memory_bytes(fwd_bwd, DEVICE)
+        benchmark(fwd_bwd)
+        return
+
+    def setup():
+        x.grad = None
+        loss = fn(x, t)
+        _sync()
+        return (loss,), {}
+
+    def bwd(loss):
+        loss.backward()
+        _sync()
+
+    benchmark.pedantic(bwd, setup=setup, rounds=10, warmup_rounds=1)
