@@ -7,7 +7,7 @@ from fastgenloss._cases import ALL_CASES
 
 
 def test_main_job_checks_one_loss_of_each_family(capsys):
-    losses = "l1+mse,diffusion v+minsnr,style (gram target)"
+    losses = "l1+mse,diffusion v+minsnr,style (gram target),seg dice+iou+0.8ce"
     rc = main(["--device", "cpu", "--sizes", "64K", "--min-time", "0.01", "--no-compile",
                "--losses", losses])
     out = capsys.readouterr().out
