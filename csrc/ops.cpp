@@ -210,13 +210,15 @@ TORCH_LIBRARY(fastgenloss, m) {
       "contextual_bwd(Tensor grad_output, Tensor x, Tensor y, Tensor cmax, Tensor istar, "
       "float band_width, int chunk_rows, bool x_grad, bool y_grad) -> (Tensor, Tensor)");
   // segmentation statistics (fastgenloss/seg_math.h): logits [N, C, M], labels [N, M] or mask
-  // [N, C, M] -> (stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]); CPU kernels
+  // [N, C, M] -> (stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]); with
+  // focal_gamma >= 0 stats are [N, C, 5]: + the focal term's sum and the kept count
+  // (focal_alpha < 0: no alpha weighting). CPU kernels
   m.def(
-      "seg_stats(Tensor input, Tensor target, int mode, bool has_ignore, int ignore_index) "
-      "-> (Tensor, Tensor)");
+      "seg_stats(Tensor input, Tensor target, int mode, bool has_ignore, int ignore_index, "
+      "float focal_gamma=-1.0, float focal_alpha=-1.0) -> (Tensor, Tensor)");
   m.def(
       "seg_stats_bwd(Tensor grad_stats, Tensor grad_xent, Tensor input, Tensor target, int mode, "
-      "bool has_ignore, int ignore_index) -> Tensor");
+      "bool has_ignore, int ignore_index, float focal_gamma=-1.0, float focal_alpha=-1.0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {

@@ -233,3 +233,129 @@ def test_out_of_range_label_with_ignore_index_names_both():
     t[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"or ignore_index \(255\), got 7"):
         fgl.segmentation_loss(x, t, "multiclass", ignore_index=IGNORE)
+
+
+# ---- the focal term, fused into the statistics pass -------------------------------------------
+
+FOCAL_KW = [{}, {"alpha": 0.25, "gamma": 1.0}, {"gamma": 0.5}, {"gamma": 0.0}, {"gamma": 3.0},
+            {"reduction": "sum"}, {"class_weights": [1.0, 2.0, 0.5, 1.5, 1.0]}]
+
+
+@pytest.mark.parametrize("kw", FOCAL_KW, ids=str)
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("spatial", [(7, 9), (3, 4, 5)], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_focal_matches_reference_float64(device, mode, spatial, ignore, kw):
+    if mode == "binary" and "class_weights" in kw:
+        pytest.skip("class_weights are not supported in binary mode (as smp)")
+    x, t = make(mode, spatial, ignore=ignore, absent=True, device=device, seed=21)
+    ig = (IGNORE if mode == "multiclass" else -1) if ignore else None
+    got = fgl.focal_loss(x, t, mode, ignore_index=ig, **kw)
+    want = R.focal_loss(x, t, mode=mode, ignore_index=ig, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    (gx,) = torch.autograd.grad(got, x)
+    (rx,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(gx, rx, rtol=1e-8, atol=1e-12)
+    if ignore:  # ignored elements get no gradient
+        keep = (t != ig) if mode != "multiclass" else (t != ig).unsqueeze(1).expand_as(x)
+        assert (gx[~keep] == 0).all()
+
+
+@pytest.mark.parametrize("kw", [{"normalized": True}, {"reduced_threshold": 0.5},
+                                {"reduction": "none"}, {"from_logits": False}], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_focal_variants(device, mode, kw):
+    """smp's normalized / reduced focal loss and reduction='none' (PyTorch-ops path), and
+    probabilities as input, against the reference."""
+    x, t = make(mode, (5, 6), ignore=True, device=device, seed=22)
+    ig = IGNORE if mode == "multiclass" else -1
+    if kw.get("from_logits") is False:
+        x = (x.softmax(1) if mode == "multiclass" else x.sigmoid()).detach().requires_grad_(True)
+    torch.testing.assert_close(fgl.focal_loss(x, t, mode, ignore_index=ig, **kw),
+                               R.focal_loss(x, t, mode=mode, ignore_index=ig, **kw))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_focal_low_precision_against_float64(device, mode, dtype):
+    x, t = make(mode, (17, 33), n=3, ignore=True, device=device, seed=23)
+    ig = IGNORE if mode == "multiclass" else -1
+    kw = dict(dice=1.0, iou=0.0, bce=0.5, focal=2.0, focal_alpha=0.25, ignore_index=ig)
+    check_against_reference(
+        lambda a: fgl.segmentation_loss(a, t, mode, **kw),
+        lambda a: R.segmentation_loss(a, t, mode=mode, **kw), [x], dtype, factor=16.0)
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_sigmoid_path_extreme_logits(device, mode):
+    """float32 logits up to +-100 (sigmoid saturated, exp(-|x|) below float's range): the
+    branch-free sigmoid / log1p of the kernel against float64."""
+    g = torch.Generator().manual_seed(24)
+    c = 1 if mode == "binary" else 3
+    x = torch.randn(2, c, 40, 50, generator=g, dtype=torch.float64) * 30
+    x[0, 0, 0, :8] = torch.tensor([100.0, -100.0, 88.5, -88.5, 17.0, -17.0, 0.0, 1e-30])
+    t = (torch.rand(x.shape, generator=g) < 0.5).to(torch.float64)
+    kw = dict(dice=1.0, iou=1.0, bce=1.0, focal=1.0)
+    x = x.to(device)
+    t = t.to(device)
+    xf = x.float().requires_grad_(True)
+    got = fgl.segmentation_loss(xf, t.float(), mode, **kw)
+    x64 = x.clone().requires_grad_(True)
+    want = R.segmentation_loss(x64, t, mode=mode, **kw)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-7)
+    (gf,) = torch.autograd.grad(got, xf)
+    (g64,) = torch.autograd.grad(want, x64)
+    torch.testing.assert_close(gf.double(), g64, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_focal_all_ignored_is_zero_not_nan(device, mode):
+    x, t = make(mode, (4, 4), device=device)
+    ig = IGNORE if mode == "multiclass" else -1
+    t_all = torch.full_like(t, ig)
+    loss = fgl.focal_loss(x, t_all, mode, ignore_index=ig)
+    assert loss.item() == 0.0
+    (g,) = torch.autograd.grad(loss, x)
+    assert (g == 0).all()
+    torch.testing.assert_close(loss, R.focal_loss(x, t_all, mode=mode, ignore_index=ig))
+
+
+def test_focal_gradcheck_opcheck_compile(device):
+    for mode in MODES:
+        x, t = make(mode, (3, 4), device=device, ignore=True, seed=25)
+        ig = IGNORE if mode == "multiclass" else -1
+        for gamma in (2.0, 0.5):
+            assert torch.autograd.gradcheck(
+                lambda a: fgl.segmentation_loss(a, t, mode, ignore_index=ig, focal=1.0,
+                                                focal_gamma=gamma, focal_alpha=0.3), (x,))
+    if device == "cpu":
+        x, t = make("multiclass", (4, 6), device=device)
+        torch.library.opcheck(torch.ops.fastgenloss.seg_stats.default,
+                              (x.detach().reshape(2, C, -1).float(), t.reshape(2, -1), 1, True, 3,
+                               2.0, 0.25))
+        xm, tm = make("multilabel", (4, 6), device=device)
+        torch.library.opcheck(torch.ops.fastgenloss.seg_stats.default,
+                              (xm.detach().reshape(2, C, -1), tm.reshape(2, C, -1), 2, False, 0,
+                               1.5, -1.0))
+    x, t = make("multiclass", (8, 8), device=device, ignore=True)
+    fn = torch.compile(lambda a, b: fgl.focal_loss(a, b, "multiclass", ignore_index=IGNORE,
+                                                   alpha=0.25), fullgraph=True)
+    got = fn(x, t)
+    want = fgl.focal_loss(x, t, "multiclass", ignore_index=IGNORE, alpha=0.25)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+
+
+def test_focal_module_and_errors():
+    x, t = make("multiclass", (6, 6))
+    m = fgl.nn.FocalLoss("multiclass", alpha=0.25, gamma=1.5, ignore_index=1)
+    torch.testing.assert_close(m(x, t), R.focal_loss(x, t, mode="multiclass", alpha=0.25,
+                                                     gamma=1.5, ignore_index=1))
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        fgl.focal_loss(x, t, "multiclass", gamma=-1.0)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        fgl.focal_loss(x, t, "multiclass", alpha=1.5)
+    with pytest.raises(ValueError, match="class_weights must have one weight per class"):
+        fgl.focal_loss(x, t, "multiclass", class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="not supported with mode='binary'"):
+        fgl.nn.FocalLoss("binary", class_weights=[1.0])

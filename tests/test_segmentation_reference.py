@@ -1,4 +1,4 @@
-"""fastgenloss.reference's segmentation losses (the oracle of the coming fused kernels, issue 5)
+"""fastgenloss.reference's segmentation losses (the oracle of the fused kernels)
 against segmentation_models_pytorch itself: Dice, Jaccard, Tversky, Focal, SoftBCE and
 SoftCrossEntropy, in every mode, with ignore_index, classes, class_weights, log_loss, smooth,
 probabilities as input, 2D and 3D, float64; values and gradients. Skips without smp."""
@@ -131,3 +131,17 @@ def test_per_image_is_the_mean_of_single_image_losses():
     want = torch.stack([R.dice_loss(x[i:i + 1], t[i:i + 1], mode="multiclass")
                         for i in range(x.shape[0])]).mean()
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kw", [{"normalized": True}, {"reduced_threshold": 0.5, "gamma": 1.5},
+                                {"alpha": 0.25, "gamma": 0.5}], ids=str)
+def test_fused_focal_module_is_drop_in_for_smp(mode, kw):
+    """fastgenloss.nn.FocalLoss (the fused kernel; normalized / reduced as PyTorch ops) against
+    smp's FocalLoss built with the same arguments."""
+    import fastgenloss as fgl
+
+    x, t = make(mode, (7, 6), ignore=mode != "multilabel", seed=17)
+    ig = (IGNORE if mode == "multiclass" else -1) if mode != "multilabel" else None
+    compare(lambda: fgl.nn.FocalLoss(mode, ignore_index=ig, **kw)(x, t),
+            lambda: smp_losses.FocalLoss(mode, ignore_index=ig, **kw)(x, t), x)

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -35,7 +36,7 @@ constexpr int kLanes = 8;         // independent partial sums in a reduction loo
 // bits: branch-free, so the compiler vectorizes the loops that call it (std::exp is a scalar
 // libm call). Inputs here are x - max <= 0; below -87 the result flushes to 0 as expf's
 // underflow does (to within its denormal range).
-static inline float exp_vec(float x) {
+FGL_SEG_INLINE float exp_vec(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float shift = 12582912.0f;  // 1.5 * 2^23
   const float fn = (x * 1.44269504088896341f + shift) - shift;
@@ -56,7 +57,58 @@ static inline float exp_vec(float x) {
   std::memcpy(&out, &bits, sizeof out);
   return out;
 }
-static inline double exp_vec(double x) { return std::exp(x); }
+FGL_SEG_INLINE double exp_vec(double x) { return std::exp(x); }
+
+// log1p(e) for e in [0, 1], branch-free: for 1 + e <= sqrt 2, x = e itself (no rounding of
+// 1 + e), else x = (1 + e) / 2 - 1 and ln 2 added; log(1 + x) for x in [sqrt(1/2) - 1,
+// sqrt 2 - 1] by Cephes' logf polynomial. Max relative error 1.2e-7 (1 ulp) over [0, 1]
+// against log1p in double, denormal e included.
+FGL_SEG_INLINE float log1p_unit(float e) {
+  const bool hi = e > 0.41421356f;
+  const float x = hi ? (e - 1.0f) * 0.5f : e;
+  const float z = x * x;
+  float p = 7.0376836292e-2f;
+  p = p * x - 1.1514610310e-1f;
+  p = p * x + 1.1676998740e-1f;
+  p = p * x - 1.2420140846e-1f;
+  p = p * x + 1.4249322787e-1f;
+  p = p * x - 1.6668057665e-1f;
+  p = p * x + 2.0000714765e-1f;
+  p = p * x - 2.4999993993e-1f;
+  p = p * x + 3.3333331174e-1f;
+  return x + (p * x * z - 0.5f * z) + (hi ? 0.693147180559945f : 0.0f);
+}
+FGL_SEG_INLINE double log1p_unit(double e) { return std::log1p(e); }
+
+// The focal term of one element (seg_math.h's seg_focal) with the exp / log1p above; GI = 2,
+// 1 or -1 (general gamma, std::pow: scalar) picked once per call by with_focal_gamma.
+template <int GI, typename acc_t>
+FGL_SEG_INLINE acc_t focal_elem(acc_t x, acc_t t, acc_t gamma, acc_t alpha, acc_t* dfdx) {
+  const acc_t e = exp_vec(-std::fabs(x));
+  return seg_focal<GI>(x, t, e, log1p_unit(e), gamma, alpha, dfdx,
+                       [](acc_t v) { return exp_vec(v); });
+}
+
+template <typename Fn>
+void with_focal_gamma(double gamma, Fn&& fn) {
+  if (gamma == 2.0) {
+    fn(std::integral_constant<int, 2>{});
+  } else if (gamma == 1.0) {
+    fn(std::integral_constant<int, 1>{});
+  } else {
+    fn(std::integral_constant<int, -1>{});
+  }
+}
+
+
+// The focal term's parameters; on = gamma >= 0 (Python passes -1 for "no focal term"), alpha
+// < 0 is smp's alpha=None. With it on, stats grow from (P, T, A) to (P, T, A, F, K).
+struct Focal {
+  bool on;
+  double gamma, alpha;
+  int64_t stats() const { return on ? 5 : 3; }  // columns of stats / grad_stats
+  int64_t part() const { return on ? 6 : 4; }   // columns of a chunk partial (+ X)
+};
 
 struct BadLabel {
   std::atomic<bool> seen{false};
@@ -159,17 +211,19 @@ struct Tile {
 template <typename scalar_t, typename label_t>
 void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
-                    BadLabel& bad) {
+                    BadLabel& bad, const Focal& focal) {
   using acc_t = acc_type_t<scalar_t>;
-  // part: [N, nch, C, 4] (P, T, A, X)
+  // part: [N, nch, C, W] (P, T, A, X[, F, K])
+  const int64_t W = focal.part();
+  const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
     Tile<scalar_t, label_t> tile(c);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nch, ch = task % nch;
       const scalar_t* xb = x + b * c * m;
       const label_t* lb = lab + b * m;
-      double* acc = part.data() + task * c * 4;
-      std::fill(acc, acc + c * 4, 0.0);
+      double* acc = part.data() + task * c * W;
+      std::fill(acc, acc + c * W, 0.0);
       const int64_t m1 = std::min(m, (ch + 1) * kChunk);
       for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
         const int64_t len = std::min(kTile, m1 - m0);
@@ -196,15 +250,43 @@ void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
             A[0] += std::fabs(pv - tv);
           }
           for (int q = 0; q < kLanes; ++q) {
-            acc[k * 4 + 0] += P[q];
-            acc[k * 4 + 1] += T[q];
-            acc[k * 4 + 2] += A[q];
+            acc[k * W + 0] += P[q];
+            acc[k * W + 1] += T[q];
+            acc[k * W + 2] += A[q];
+          }
+          if (focal.on) {  // one-vs-rest sigmoid focal term of class k
+            const scalar_t* row = xb + k * m + m0;
+            acc_t fk[kTile];
+            with_focal_gamma(focal.gamma, [&](auto g) {
+              constexpr int GI = decltype(g)::value;
+              for (int64_t t = 0; t < len; ++t) {
+                const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+                acc_t unused;
+                fk[t] = tile.vf[t] * focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &unused);
+              }
+            });
+            acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
+            int64_t t = 0;
+            for (; t + kLanes <= len; t += kLanes) {
+              for (int q = 0; q < kLanes; ++q) {
+                Fs[q] += fk[t + q];
+                Ks[q] += tile.vf[t + q];
+              }
+            }
+            for (; t < len; ++t) {
+              Fs[0] += fk[t];
+              Ks[0] += tile.vf[t];
+            }
+            for (int q = 0; q < kLanes; ++q) {
+              acc[k * W + 4] += Fs[q];
+              acc[k * W + 5] += Ks[q];
+            }
           }
         }
         for (int64_t t = 0; t < len; ++t) {
           if (!tile.valid[t]) continue;
           const int64_t l = tile.lbl[t];
-          acc[l * 4 + 3] += tile.lse[t] - acc_t(xb[l * m + m0 + t]);  // -log softmax_l
+          acc[l * W + 3] += tile.lse[t] - acc_t(xb[l * m + m0 + t]);  // -log softmax_l
         }
       }
     }
@@ -214,8 +296,10 @@ void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
 template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
-                    scalar_t* out, BadLabel& bad) {
-  // gs: [N, C, 3] (dL/dP, dL/dT, dL/dA); gx: [N, C] (dL/dX)
+                    scalar_t* out, BadLabel& bad, const Focal& focal) {
+  // gs: [N, C, S] (dL/dP, dL/dT, dL/dA[, dL/dF, dL/dK]); gx: [N, C] (dL/dX)
+  const int64_t S = focal.stats();
+  const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   const int64_t nch = (m + kChunk - 1) / kChunk;
   at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
     Tile<scalar_t, label_t> tile(c);
@@ -225,7 +309,7 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
       const scalar_t* xb = x + b * c * m;
       const label_t* lb = lab + b * m;
       scalar_t* ob = out + b * c * m;
-      const acc_t* gsb = gs + b * c * 3;
+      const acc_t* gsb = gs + b * c * S;
       const acc_t* gxb = gx + b * c;
       const int64_t m1 = std::min(m, (ch + 1) * kChunk);
       for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
@@ -239,7 +323,7 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
         for (int64_t k = 0; k < c; ++k) {
           const acc_t* ek = tile.e.data() + k * kTile;
           acc_t* gk = g.data() + k * kTile;
-          const acc_t gp = gsb[k * 3 + 0], ga = gsb[k * 3 + 2];
+          const acc_t gp = gsb[k * S + 0], ga = gsb[k * S + 2];
           for (int64_t t = 0; t < len; ++t) {
             const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
             const acc_t u = ek[t] - tv;
@@ -252,11 +336,27 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
           const acc_t* ek = tile.e.data() + k * kTile;
           const acc_t* gk = g.data() + k * kTile;
           scalar_t* orow = ob + k * m + m0;
-          for (int64_t t = 0; t < len; ++t) {
-            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-            // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
-            const acc_t d = ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
-            orow[t] = scalar_t(d);
+          if (!focal.on) {
+            for (int64_t t = 0; t < len; ++t) {
+              const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+              // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
+              const acc_t d = ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+              orow[t] = scalar_t(d);
+            }
+          } else {  // plus the one-vs-rest focal term's gradient
+            const acc_t gf = gsb[k * S + 3];
+            const scalar_t* row = xb + k * m + m0;
+            with_focal_gamma(focal.gamma, [&](auto g) {
+              constexpr int GI = decltype(g)::value;
+              for (int64_t t = 0; t < len; ++t) {
+                const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+                acc_t dfdx;
+                focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &dfdx);
+                const acc_t d = (ek[t] * (gk[t] - dot[t]) + gf * dfdx) * tile.vf[t] +
+                                gce[t] * (ek[t] - tv);
+                orow[t] = scalar_t(d);
+              }
+            });
           }
         }
       }
@@ -266,51 +366,148 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
 
 // ---- binary / multilabel: sigmoid per element -----------------------------------------------
 
+// One sigmoid element, branch-free (the loops over these vectorize in float): e = exp(-|v|),
+// p = sigmoid(v), p (1 - p) = e / (1 + e)^2 without cancellation, the BCE with logits.
+template <typename acc_t>
+struct SigmoidElem {
+  acc_t p, dp, bce;
+  FGL_SEG_INLINE SigmoidElem(acc_t v, acc_t t) {
+    const acc_t e = exp_vec(-std::fabs(v));
+    const acc_t inv = acc_t(1) / (acc_t(1) + e);
+    p = (v >= acc_t(0) ? acc_t(1) : e) * inv;
+    dp = e * inv * inv;
+    bce = (v > acc_t(0) ? v : acc_t(0)) - v * t + log1p_unit(e);
+  }
+};
+
 template <typename scalar_t, typename target_t>
 void sigmoid_fwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
-                 double ignore, std::vector<double>& part, int64_t nch) {
+                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal) {
   using acc_t = acc_type_t<scalar_t>;
-  // part: [rows, nch, 4]
+  // part: [rows, nch, W] (P, T, A, X[, F, K])
+  const int64_t W = focal.part();
+  const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / nch, ch = task % nch;
       const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
       const scalar_t* xr = x + r * m;
       const target_t* tr = tg + r * m;
-      acc_t P = 0.f, T = 0.f, A = 0.f, X = 0.f;
-      for (int64_t j = m0; j < m1; ++j) {
-        const acc_t t = acc_t(tr[j]);
-        if (has_ignore && double(tr[j]) == ignore) continue;
-        const acc_t v = acc_t(xr[j]);
-        const acc_t p = seg_sigmoid(v);
-        P += p;
-        T += t;
-        A += std::fabs(p - t);
-        X += seg_bce_with_logits(v, t);
+      // tiles of kTile elements: an elementwise loop (vectorizes: no reductions, no branches)
+      // into pk, tk, bk, then kLanes independent partial sums of them; an ignored element
+      // enters with keep = 0
+      acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {};
+      acc_t pk[kTile], tk[kTile], bk[kTile];
+      for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
+        const int64_t len = std::min(kTile, m1 - j0);
+        for (int64_t j = 0; j < len; ++j) {
+          const acc_t t = acc_t(tr[j0 + j]);
+          const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+          const SigmoidElem<acc_t> e(acc_t(xr[j0 + j]), t * keep);
+          pk[j] = e.p * keep;
+          tk[j] = t * keep;
+          bk[j] = e.bce * keep;
+        }
+        int64_t j = 0;
+        for (; j + kLanes <= len; j += kLanes) {
+          for (int q = 0; q < kLanes; ++q) {
+            P[q] += pk[j + q];
+            T[q] += tk[j + q];
+            A[q] += std::fabs(pk[j + q] - tk[j + q]);
+            X[q] += bk[j + q];
+          }
+        }
+        for (; j < len; ++j) {
+          P[0] += pk[j];
+          T[0] += tk[j];
+          A[0] += std::fabs(pk[j] - tk[j]);
+          X[0] += bk[j];
+        }
       }
-      double* acc = part.data() + task * 4;
-      acc[0] = P;
-      acc[1] = T;
-      acc[2] = A;
-      acc[3] = X;
+      double* acc = part.data() + task * W;
+      for (int k = 0; k < 4; ++k) acc[k] = 0.0;
+      for (int q = 0; q < kLanes; ++q) {
+        acc[0] += P[q];
+        acc[1] += T[q];
+        acc[2] += A[q];
+        acc[3] += X[q];
+      }
+      if (focal.on) {
+        acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
+        with_focal_gamma(focal.gamma, [&](auto g) {
+          constexpr int GI = decltype(g)::value;
+          for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
+            const int64_t len = std::min(kTile, m1 - j0);
+            for (int64_t j = 0; j < len; ++j) {
+              const acc_t t = acc_t(tr[j0 + j]);
+              const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+              acc_t unused;
+              bk[j] = keep * focal_elem<GI>(acc_t(xr[j0 + j]), t * keep, fg, fa, &unused);
+              tk[j] = keep;
+            }
+            int64_t j = 0;
+            for (; j + kLanes <= len; j += kLanes) {
+              for (int q = 0; q < kLanes; ++q) {
+                Fs[q] += bk[j + q];
+                Ks[q] += tk[j + q];
+              }
+            }
+            for (; j < len; ++j) {
+              Fs[0] += bk[j];
+              Ks[0] += tk[j];
+            }
+          }
+        });
+        acc[4] = acc[5] = 0.0;
+        for (int q = 0; q < kLanes; ++q) {
+          acc[4] += Fs[q];
+          acc[5] += Ks[q];
+        }
+      }
     }
   });
 }
 
 template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>
 void sigmoid_bwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
-                 double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out) {
+                 double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out,
+                 const Focal& focal) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
+  const int64_t S = focal.stats();
+  const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / nch, ch = task % nch;
       const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
-      const acc_t gp = gs[r * 3 + 0], ga = gs[r * 3 + 2], gce = gx[r];
-      for (int64_t j = m0; j < m1; ++j) {
-        const bool ign = has_ignore && double(tg[r * m + j]) == ignore;
-        const acc_t t = acc_t(tg[r * m + j]);
-        const acc_t p = seg_sigmoid(acc_t(x[r * m + j]));
-        out[r * m + j] = scalar_t(ign ? 0.f : seg_sigmoid_grad(p, t, gp, ga, gce));
+      const acc_t gp = gs[r * S + 0], ga = gs[r * S + 2], gce = gx[r];
+      const scalar_t* xr = x + r * m;
+      const target_t* tr = tg + r * m;
+      scalar_t* orow = out + r * m;
+      auto grad = [&](int64_t j, acc_t& keep, acc_t& tk) __attribute__((always_inline)) {
+        const acc_t t = acc_t(tr[j]);
+        keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+        tk = t * keep;
+        const SigmoidElem<acc_t> s(acc_t(xr[j]), tk);
+        const acc_t u = s.p - tk;
+        const acc_t sg = u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0));
+        return keep * ((gp + ga * sg) * s.dp + gce * u);
+      };
+      if (!focal.on) {
+        for (int64_t j = m0; j < m1; ++j) {
+          acc_t keep, tk;
+          orow[j] = scalar_t(grad(j, keep, tk));
+        }
+      } else {
+        const acc_t gf = gs[r * S + 3];
+        with_focal_gamma(focal.gamma, [&](auto g) {
+          constexpr int GI = decltype(g)::value;
+          for (int64_t j = m0; j < m1; ++j) {
+            acc_t keep, tk, dfdx;
+            const acc_t d = grad(j, keep, tk);
+            focal_elem<GI>(acc_t(xr[j]), tk, fg, fa, &dfdx);
+            orow[j] = scalar_t(d + keep * gf * dfdx);
+          }
+        });
       }
     }
   });
@@ -328,17 +525,20 @@ void raise_bad_label(const BadLabel& bad, int64_t c, bool has_ignore, int64_t ig
 
 }  // namespace
 
-// -> (stats [N, C, 3] = (P, T, A), xent [N, C]), float32 (float64 for double input)
+// -> (stats [N, C, S] = (P, T, A[, F, K]), xent [N, C]), float32 (float64 for double input)
 std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const at::Tensor& target_,
                                                  int64_t mode, bool has_ignore,
-                                                 int64_t ignore_index) {
+                                                 int64_t ignore_index, double focal_gamma,
+                                                 double focal_alpha) {
   check_args(input_, target_, mode);
+  const Focal focal{focal_gamma >= 0.0, focal_gamma, focal_alpha};
+  const int64_t W = focal.part(), S = focal.stats();
   const at::Tensor input = input_.contiguous(), target = target_.contiguous();
   const int64_t n = input.size(0), c = input.size(1), m = input.size(2);
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t nch = std::max<int64_t>(1, (m + kChunk - 1) / kChunk);
   const int64_t rows = mode == kSegMulticlass ? n : n * c;
-  std::vector<double> part(size_t(rows) * nch * (mode == kSegMulticlass ? c : 1) * 4, 0.f);
+  std::vector<double> part(size_t(rows) * nch * (mode == kSegMulticlass ? c : 1) * W, 0.f);
   BadLabel bad;
   if (m > 0 && n > 0 && c > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "seg_stats", [&] {
@@ -347,29 +547,32 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const
         dispatch_label(target.scalar_type(), [&](auto tag) {
           using label_t = decltype(tag);
           multiclass_fwd<scalar_t_, label_t>(input.data_ptr<scalar_t_>(), target.data_ptr<label_t>(),
-                                             n, c, m, has_ignore, ignore_index, part, nch, bad);
+                                             n, c, m, has_ignore, ignore_index, part, nch, bad,
+                                             focal);
         });
       } else {
         const at::Tensor t = target.scalar_type() == input.scalar_type() ? target : target.to(input.scalar_type());
         sigmoid_fwd<scalar_t_, scalar_t_>(input.data_ptr<scalar_t_>(), t.data_ptr<scalar_t_>(), rows,
-                                          m, has_ignore, double(ignore_index), part, nch);
+                                          m, has_ignore, double(ignore_index), part, nch, focal);
       }
     });
   }
   raise_bad_label(bad, c, has_ignore, ignore_index);
   // chunk partials, added per (sample, class) in chunk order, in double
-  at::Tensor stats = at::zeros({n, c, 3}, at::kDouble), xent = at::zeros({n, c}, at::kDouble);
+  at::Tensor stats = at::zeros({n, c, S}, at::kDouble), xent = at::zeros({n, c}, at::kDouble);
   double* sp = stats.data_ptr<double>();
   double* xp = xent.data_ptr<double>();
   for (int64_t b = 0; b < n; ++b) {
     for (int64_t k = 0; k < c; ++k) {
-      double s[4] = {0, 0, 0, 0};
+      double s[6] = {0, 0, 0, 0, 0, 0};
       for (int64_t ch = 0; ch < nch && m > 0; ++ch) {
-        const double* a = mode == kSegMulticlass ? part.data() + ((b * nch + ch) * c + k) * 4
-                                                : part.data() + ((b * c + k) * nch + ch) * 4;
-        for (int q = 0; q < 4; ++q) s[q] += a[q];
+        const double* a = mode == kSegMulticlass ? part.data() + ((b * nch + ch) * c + k) * W
+                                                : part.data() + ((b * c + k) * nch + ch) * W;
+        for (int q = 0; q < W; ++q) s[q] += a[q];
       }
-      for (int q = 0; q < 3; ++q) sp[(b * c + k) * 3 + q] = s[q];
+      double* out = sp + (b * c + k) * S;
+      out[0] = s[0], out[1] = s[1], out[2] = s[2];
+      if (focal.on) out[3] = s[4], out[4] = s[5];
       xp[b * c + k] = s[3];
     }
   }
@@ -378,13 +581,15 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const
 
 at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& grad_xent,
                              const at::Tensor& input_, const at::Tensor& target_, int64_t mode,
-                             bool has_ignore, int64_t ignore_index) {
+                             bool has_ignore, int64_t ignore_index, double focal_gamma,
+                             double focal_alpha) {
   check_args(input_, target_, mode);
+  const Focal focal{focal_gamma >= 0.0, focal_gamma, focal_alpha};
   const at::Tensor input = input_.contiguous(), target = target_.contiguous();
   const int64_t n = input.size(0), c = input.size(1), m = input.size(2);
-  TORCH_CHECK(grad_stats.sizes() == at::IntArrayRef({n, c, 3}) &&
+  TORCH_CHECK(grad_stats.sizes() == at::IntArrayRef({n, c, focal.stats()}) &&
                   grad_xent.sizes() == at::IntArrayRef({n, c}),
-              kOp, ": gradients must be [N, C, 3] and [N, C], got ", grad_stats.sizes(), " and ",
+              kOp, ": gradients must be [N, C, ", focal.stats(), "] and [N, C], got ", grad_stats.sizes(), " and ",
               grad_xent.sizes());
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor gs = grad_stats.to(acc).contiguous();
@@ -399,13 +604,15 @@ at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& gra
           using label_t = decltype(tag);
           multiclass_bwd<scalar_t_, label_t>(input.data_ptr<scalar_t_>(), target.data_ptr<label_t>(),
                                              n, c, m, has_ignore, ignore_index, gs.data_ptr<acc_type_t<scalar_t_>>(),
-                                             gx.data_ptr<acc_type_t<scalar_t_>>(), out.data_ptr<scalar_t_>(), bad);
+                                             gx.data_ptr<acc_type_t<scalar_t_>>(), out.data_ptr<scalar_t_>(), bad,
+                                             focal);
         });
       } else {
         const at::Tensor t = target.scalar_type() == input.scalar_type() ? target : target.to(input.scalar_type());
         sigmoid_bwd<scalar_t_, scalar_t_>(input.data_ptr<scalar_t_>(), t.data_ptr<scalar_t_>(), n * c,
                                           m, has_ignore, double(ignore_index), gs.data_ptr<acc_type_t<scalar_t_>>(),
-                                          gx.data_ptr<acc_type_t<scalar_t_>>(), out.data_ptr<scalar_t_>());
+                                          gx.data_ptr<acc_type_t<scalar_t_>>(), out.data_ptr<scalar_t_>(),
+                                          focal);
       }
     });
   }

@@ -35,6 +35,7 @@ from . import nn, reference  # noqa: E402,F401
 from .functional import (  # noqa: E402
     add_noise,
     dice_loss,
+    focal_loss,
     iou_loss,
     jaccard_loss,
     segmentation_loss,
@@ -79,6 +80,7 @@ def build_info() -> dict:
 __all__ = [
     "add_noise",
     "dice_loss",
+    "focal_loss",
     "iou_loss",
     "jaccard_loss",
     "segmentation_loss",

@@ -609,37 +609,42 @@ SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL = range(3)
 
 
 @torch.library.register_fake("fastgenloss::seg_stats")
-def _seg_stats_fake(input, target, mode, has_ignore, ignore_index):
+def _seg_stats_fake(input, target, mode, has_ignore, ignore_index, focal_gamma=-1.0,
+                    focal_alpha=-1.0):
     acc = _acc_dtype(input.dtype)
     n, c = input.shape[0], input.shape[1]
-    return input.new_empty((n, c, 3), dtype=acc), input.new_empty((n, c), dtype=acc)
+    s = 5 if focal_gamma >= 0 else 3
+    return input.new_empty((n, c, s), dtype=acc), input.new_empty((n, c), dtype=acc)
 
 
 @torch.library.register_fake("fastgenloss::seg_stats_bwd")
-def _seg_stats_bwd_fake(grad_stats, grad_xent, input, target, mode, has_ignore, ignore_index):
+def _seg_stats_bwd_fake(grad_stats, grad_xent, input, target, mode, has_ignore, ignore_index,
+                        focal_gamma=-1.0, focal_alpha=-1.0):
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
 
 def _seg_stats_setup_context(ctx, inputs, output):
-    input, target, mode, has_ignore, ignore_index = inputs
+    input, target, *params = inputs
     ctx.save_for_backward(input, target)
-    ctx.params = (mode, has_ignore, ignore_index)
+    ctx.params = tuple(params)
 
 
 def _seg_stats_backward(ctx, grad_stats, grad_xent):
     input, target = ctx.saved_tensors
+    nargs = 2 + len(ctx.params)
     if not ctx.needs_input_grad[0] or (grad_stats is None and grad_xent is None):
-        return (None,) * 5
+        return (None,) * nargs
     acc = _acc_dtype(input.dtype)
     n, c = input.shape[0], input.shape[1]
     if grad_stats is None:
-        grad_stats = input.new_zeros((n, c, 3), dtype=acc)
+        s = 5 if len(ctx.params) > 3 and ctx.params[3] >= 0 else 3
+        grad_stats = input.new_zeros((n, c, s), dtype=acc)
     if grad_xent is None:
         grad_xent = input.new_zeros((n, c), dtype=acc)
     args = (grad_stats, grad_xent, input, target, *ctx.params)
     op = torch.ops.fastgenloss.seg_stats_bwd.default
     grad = _direct(op, *args) if _eager_no_grad(grad_stats) else op(*args)
-    return grad, None, None, None, None
+    return (grad,) + (None,) * (nargs - 1)
 
 
 def _seg_second_order_error(ctx, *grads):

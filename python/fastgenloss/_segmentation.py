@@ -21,7 +21,12 @@ Conventions (smp's, where MONAI differs):
 
 Where no kernel applies (probabilities as input, soft multiclass targets, a device without the
 kernel: CUDA for now) the same statistics are computed with PyTorch ops, and the second stage is
-shared. The focal term runs as PyTorch ops (reference.focal_loss) in every case for now.
+shared.
+
+The focal term (smp's FocalLoss: sigmoid per channel, one-vs-rest in multiclass mode) is two
+more statistics of the same pass, F = the focal loss summed and K = the number of kept
+elements per (sample, class). Where smp's mean is over nothing (every element ignored) it is 0
+here, not NaN.
 """
 
 from __future__ import annotations
@@ -83,8 +88,8 @@ def _check(fn: str, input: Tensor, target: Tensor, mode: str):
 
 
 def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: bool,
-                 ignore_index, eps: float):
-    """(stats [N, C, 3], xent [N, C]) with PyTorch ops: the path where no kernel applies."""
+                 ignore_index, eps: float, focal_gamma=None, focal_alpha=None):
+    """(stats [N, C, 3 or 5], xent [N, C]) with PyTorch ops: the path where no kernel applies."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(acc)
     n, c, _ = xf.shape
@@ -117,14 +122,28 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
         else:
             xent = (F.binary_cross_entropy_with_logits(logits, tt, reduction="none") * keep).sum(2)
     pv = p * keep
-    stats = torch.stack([pv.sum(2), tt.sum(2), (pv - tt).abs().sum(2)], dim=-1)
-    return stats, xent
+    cols = [pv.sum(2), tt.sum(2), (pv - tt).abs().sum(2)]
+    if focal_gamma is not None:
+        keepf = keep.expand_as(logits).to(acc)
+        logpt = F.binary_cross_entropy_with_logits(logits, tt, reduction="none")
+        fl = (-torch.expm1(-logpt)).pow(focal_gamma) * logpt
+        if focal_alpha is not None:
+            fl = fl * (focal_alpha * tt + (1 - focal_alpha) * (1 - tt))
+        cols += [(fl * keepf).sum(2), keepf.sum(2)]
+    return torch.stack(cols, dim=-1), xent
 
 
 def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = True,
-              ignore_index: int | None = None, eps: float = 1e-7, fn: str = "seg_stats"):
-    """(stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]) per sample and class."""
+              ignore_index: int | None = None, eps: float = 1e-7, focal_gamma=None,
+              focal_alpha=None, fn: str = "seg_stats"):
+    """(stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]) per sample and class; with
+    focal_gamma given, stats [N, C, 5]: + (sum of the focal term, number of kept elements)."""
     x, t, code, labels = _check(fn, input, target, mode)
+    if focal_gamma is not None:
+        if not focal_gamma >= 0:
+            raise ValueError(f"{fn}: focal gamma must be >= 0, got {focal_gamma}")
+        if focal_alpha is not None and not 0 <= focal_alpha <= 1:
+            raise ValueError(f"{fn}: focal alpha must be in [0, 1] or None, got {focal_alpha}")
     kernel = (from_logits and x.device.type == "cpu"
               and (labels or code != SEG_MULTICLASS))
     if kernel:
@@ -133,11 +152,14 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
         if not labels and has_ignore and float(ig) != float(ignore_index):
             kernel = False
     if not kernel:
-        return _torch_stats(x, t, code, labels, from_logits, ignore_index, eps)
+        return _torch_stats(x, t, code, labels, from_logits, ignore_index, eps, focal_gamma,
+                            focal_alpha)
     x = x.contiguous()
     t = t.contiguous()
+    fg = -1.0 if focal_gamma is None else float(focal_gamma)
+    fa = -1.0 if focal_alpha is None else float(focal_alpha)
     try:
-        return torch.ops.fastgenloss.seg_stats(x, t, code, has_ignore, ig)
+        return torch.ops.fastgenloss.seg_stats(x, t, code, has_ignore, ig, fg, fa)
     except RuntimeError as e:
         msg = str(e).split("\n")[0]
         if "labels must be" in msg:
@@ -148,7 +170,7 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
 def _from_stats(stats: Tensor, *, alpha: float, beta: float, smooth: float, eps: float,
                 log_loss: bool, per_image: bool) -> Tensor:
     """Per-class (or per-(sample, class)) Tversky losses, zero where the class is absent."""
-    P, T, A = stats.unbind(-1)
+    P, T, A = stats[..., :3].unbind(-1)
     if not per_image:
         P, T, A = P.sum(0), T.sum(0), A.sum(0)
     tp = (P + T - A) / 2
@@ -179,6 +201,20 @@ def _aggregate(loss: Tensor, classes, class_weights, reduction: str, fn: str) ->
         total = (loss * w).sum()
         return total / w.sum() if reduction == "mean" else total
     return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def _focal_from_stats(stats: Tensor, mode: str, class_weights, reduction: str) -> Tensor:
+    """smp's FocalLoss from the (F, K) statistics: binary, the mean over kept elements;
+    otherwise each class's mean (``sum``: its sum), then the class mean or class_weights'."""
+    Fs, K = stats[..., 3].sum(0), stats[..., 4].sum(0)
+    if mode == "binary":
+        total = Fs.sum()
+        return total / K.sum().clamp_min(1) if reduction == "mean" else total
+    per_class = Fs / K.clamp_min(1) if reduction == "mean" else Fs
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=per_class.dtype, device=per_class.device)
+        return (per_class * w.reshape(-1)).sum() / w.sum()
+    return per_class.mean()
 
 
 def _check_common(fn: str, mode: str, reduction: str, classes, class_weights, smooth, eps):
@@ -214,8 +250,14 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                (tversky, tversky_alpha, tversky_beta, tversky_gamma)) if w]
     if reduction == "none" and (len(overlap) != 1 or bce or focal):
         raise ValueError(f"{_fn}: reduction='none' returns per-class losses of one overlap term")
+    if focal and class_weights is not None and len(class_weights) != (
+            input.shape[1] if input.dim() > 1 else 0):
+        raise ValueError(f"{_fn}: class_weights must have one weight per class "
+                         f"({input.shape[1]}), got {len(class_weights)}")
     stats, xent = seg_stats(input, target, mode=mode, from_logits=from_logits,
-                            ignore_index=ignore_index, eps=eps, fn=_fn)
+                            ignore_index=ignore_index, eps=eps,
+                            focal_gamma=focal_gamma if focal else None,
+                            focal_alpha=focal_alpha if focal else None, fn=_fn)
     total = None
 
     def add(term):
@@ -234,10 +276,7 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
         x = xent.sum()
         add(bce * (x / max(count, 1) if reduction == "mean" else x))
     if focal:
-        add(focal * _ref.focal_loss(input, target, mode=mode, alpha=focal_alpha, gamma=focal_gamma,
-                                    ignore_index=ignore_index, from_logits=from_logits, eps=eps,
-                                    class_weights=class_weights,
-                                    reduction="sum" if reduction == "sum" else "mean"))
+        add(focal * _focal_from_stats(stats, mode, class_weights, reduction))
     if total is None:
         return stats.new_zeros(())
     return total
@@ -288,3 +327,34 @@ def tversky_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
                              smooth=smooth, eps=eps, ignore_index=ignore_index,
                              class_weights=class_weights, per_image=per_image,
                              reduction=reduction, _fn="tversky_loss")
+
+
+def focal_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
+               alpha: float | None = None, gamma: float = 2.0, ignore_index: int | None = None,
+               from_logits: bool = True, eps: float = 1e-7, reduction: str = "mean",
+               normalized: bool = False, reduced_threshold: float | None = None,
+               class_weights=None) -> Tensor:
+    """smp's FocalLoss: the sigmoid focal term (1 - p_t)^gamma BCE of every element, one-vs-rest
+    per class in multiclass mode, weighted alpha / 1 - alpha for positives / negatives when
+    ``alpha`` is given; binary: the mean over kept elements; multiclass / multilabel: each
+    class's mean (``reduction="sum"``: its sum), then the class mean (or ``class_weights``'). From
+    the statistics kernel's one pass; ``normalized`` / ``reduced_threshold`` (smp's variants) and
+    ``reduction="none"`` (the element-wise loss, zero where ignored) run as PyTorch ops."""
+    fn = "focal_loss"
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if mode == "binary" and class_weights is not None:
+        raise ValueError(f"{fn}: class_weights are not supported with mode='binary' (as in smp)")
+    if normalized or reduced_threshold is not None or reduction == "none":
+        _check(fn, input, target, mode)
+        if not gamma >= 0 or (alpha is not None and not 0 <= alpha <= 1):
+            raise ValueError(f"{fn}: gamma must be >= 0 and alpha in [0, 1] or None, got "
+                             f"{gamma} and {alpha}")
+        return _ref.focal_loss(input, target, mode=mode, alpha=alpha, gamma=gamma,
+                               ignore_index=ignore_index, from_logits=from_logits, eps=eps,
+                               class_weights=class_weights, reduction=reduction,
+                               normalized=normalized, reduced_threshold=reduced_threshold)
+    return segmentation_loss(input, target, mode, **_only("focal", focal=1.0), focal_alpha=alpha,
+                             focal_gamma=gamma, from_logits=from_logits, eps=eps,
+                             ignore_index=ignore_index, class_weights=class_weights,
+                             reduction=reduction, _fn=fn)

@@ -34,12 +34,13 @@ from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOIS
                    WEIGHT_COSMAP, WEIGHT_EDM, WEIGHT_INVERSE_SNR, WEIGHT_MIN_SNR,
                    WEIGHT_MIN_SNR_FLOORED, WEIGHT_NONE, WEIGHT_SIGMA_SQRT, WEIGHT_SNR,
                    DiffusionFwdFunction, DiffusionMixFunction, PixelFwdFunction, _direct)
-from ._segmentation import (dice_loss, iou_loss, jaccard_loss, segmentation_loss,  # noqa: F401
-                            tversky_loss)
+from ._segmentation import (dice_loss, focal_loss, iou_loss, jaccard_loss,  # noqa: F401
+                            segmentation_loss, tversky_loss)
 
 __all__ = [
     "add_noise",
     "dice_loss",
+    "focal_loss",
     "iou_loss",
     "jaccard_loss",
     "segmentation_loss",

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["CharbonnierLoss", "DiceLoss", "DiffusionLoss", "EDMLoss", "FlowMatchingLoss", "HuberLoss",
+__all__ = ["CharbonnierLoss", "DiceLoss", "DiffusionLoss", "FocalLoss", "EDMLoss", "FlowMatchingLoss", "HuberLoss",
            "JaccardLoss", "L1Loss", "MSELoss", "PixelLoss", "SegmentationLoss", "SmoothL1Loss",
            "TverskyLoss"]
 
@@ -329,6 +329,31 @@ class TverskyLoss(_SegLoss):
                  *, per_image: bool = False):
         super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps,
                          class_weights, per_image=per_image, alpha=alpha, beta=beta, gamma=gamma)
+
+
+class FocalLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.FocalLoss, same arguments: the sigmoid focal term per
+    element (one-vs-rest per class in multiclass mode), fused into the statistics kernel."""
+
+    def __init__(self, mode: str, alpha: float | None = None, gamma: float | None = 2.0,
+                 ignore_index: int | None = None, from_logits: bool = True, eps: float = 1e-7,
+                 reduction: str | None = "mean", normalized: bool = False,
+                 reduced_threshold: float | None = None, class_weights=None):
+        super().__init__()
+        if class_weights is not None and mode == "binary":
+            raise ValueError("FocalLoss: class_weights are not supported with mode='binary' (as in smp)")
+        self.mode, self.alpha, self.gamma = mode, alpha, 2.0 if gamma is None else gamma
+        self.ignore_index, self.from_logits, self.eps = ignore_index, from_logits, eps
+        self.reduction = reduction or "none"
+        self.normalized, self.reduced_threshold = normalized, reduced_threshold
+        self.class_weights = class_weights
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return F.focal_loss(y_pred, y_true, self.mode, alpha=self.alpha, gamma=self.gamma,
+                            ignore_index=self.ignore_index, from_logits=self.from_logits,
+                            eps=self.eps, reduction=self.reduction, normalized=self.normalized,
+                            reduced_threshold=self.reduced_threshold,
+                            class_weights=self.class_weights)
 
 
 class SegmentationLoss(torch.nn.Module):

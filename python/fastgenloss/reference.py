@@ -417,10 +417,15 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str, **kw) -> Tensor:
 
 def focal_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float | None = None,
                gamma: float = 2.0, ignore_index: int | None = None, from_logits: bool = True,
-               eps: float = 1e-7, class_weights=None, reduction: str = "mean") -> Tensor:
+               eps: float = 1e-7, class_weights=None, reduction: str = "mean",
+               normalized: bool = False, reduced_threshold: float | None = None) -> Tensor:
     """smp's FocalLoss: the sigmoid focal term of every element (one-vs-rest per class in
     multiclass mode), ignored elements left out; binary: the mean over kept elements;
-    multiclass / multilabel: the mean per class, then the class mean (or class_weights')."""
+    multiclass / multilabel: the mean per class, then the class mean (or class_weights').
+    ``normalized`` divides by the sum of the focal factors (per class), ``reduced_threshold``
+    is the reduced focal loss, both as smp. Where every element is ignored the mean is 0 (smp:
+    NaN, the mean of nothing). ``reduction="none"``: the element-wise loss, input's shape,
+    zero at ignored elements."""
     x = _seg_logits(input, mode, from_logits, eps)
     n, c, m = x.shape[0], x.shape[1], x.shape[2:].numel()
     if mode == "multiclass":
@@ -431,20 +436,31 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float | None 
     else:
         t = target.reshape(n, c, m)
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        t = t.to(x.dtype)
+        t = t.to(x.dtype) * keep
     x = x.reshape(n, c, m)
     logpt = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    loss = (1.0 - torch.exp(-logpt)).pow(gamma) * logpt
+    pt = torch.exp(-logpt)
+    if reduced_threshold is None:
+        factor = (1.0 - pt).pow(gamma)
+    else:
+        factor = torch.where(pt < reduced_threshold, torch.ones_like(pt),
+                             ((1.0 - pt) / reduced_threshold).pow(gamma))
+    loss = factor * logpt
     if alpha is not None:
         loss = loss * (alpha * t + (1 - alpha) * (1 - t))
     loss = loss * keep
+    if normalized:
+        dims = (0, 1, 2) if mode == "binary" else (0, 2)
+        loss = loss / (factor * keep).sum(dims, keepdim=True).clamp_min(1e-6)
+    if reduction == "none":
+        return loss.reshape(input.shape)
     count = keep.sum((0, 2)).to(loss.dtype)
     if mode == "binary":
         total = loss.sum()
-        return total / keep.sum() if reduction == "mean" else total
+        return total / count.sum().clamp_min(1) if reduction == "mean" else total
     per_class = loss.sum((0, 2))
     if reduction == "mean":
-        per_class = per_class / count
+        per_class = per_class / count.clamp_min(1)
     if class_weights is not None:
         w = torch.as_tensor(class_weights, dtype=per_class.dtype, device=per_class.device)
         return (per_class * w).sum() / w.sum()
