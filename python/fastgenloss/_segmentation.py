@@ -203,6 +203,25 @@ def _aggregate(loss: Tensor, classes, class_weights, reduction: str, fn: str) ->
     return loss.mean() if reduction == "mean" else loss.sum()
 
 
+def _weighted_sums(loss: Tensor, classes, class_weights, fn: str):
+    """(sum of loss x weight, sum of weight) over the entries _aggregate would average."""
+    c = loss.shape[-1]
+    w = None
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=loss.dtype, device=loss.device).reshape(-1)
+        if w.numel() != c:
+            raise ValueError(f"{fn}: class_weights must have one weight per class ({c}), got "
+                             f"{w.numel()}")
+    if classes is not None:
+        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device).reshape(-1) % c
+        loss = loss.index_select(-1, idx)
+        w = w.index_select(0, idx) if w is not None else None
+    if w is None:
+        return loss.sum(), loss.new_tensor(float(loss.numel()))
+    w = w.expand_as(loss)
+    return (loss * w).sum(), w.sum()
+
+
 def _focal_from_stats(stats: Tensor, mode: str, class_weights, reduction: str) -> Tensor:
     """smp's FocalLoss from the (F, K) statistics: binary, the mean over kept elements;
     otherwise each class's mean (``sum``: its sum), then the class mean or class_weights'."""
@@ -227,6 +246,49 @@ def _check_common(fn: str, mode: str, reduction: str, classes, class_weights, sm
         raise ValueError(f"{fn}: smooth and eps must be >= 0, got {smooth} and {eps}")
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks of ``group``; backward sums the gradients over the ranks too, so each
+    rank's local statistics receive d(sum of every rank's loss)/d(stats) = world_size x the
+    single-process gradient, which DDP's gradient averaging divides back: a DDP step equals the
+    single-process step on the whole batch (as torch.distributed.nn.all_reduce)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        import torch.distributed as dist
+
+        ctx.group = group
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        g = grad.contiguous().clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+        return g, None
+
+
+def _global_sums(parts: list[Tensor], group) -> list[Tensor]:
+    """The parts, each summed over the ranks of ``group`` (one all-reduce of their float64
+    concatenation, differentiable); unchanged without a group."""
+    if group is None:
+        return parts
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("process_group was given but torch.distributed is not initialized "
+                           "(call torch.distributed.init_process_group first)")
+    flat = torch.cat([p.reshape(-1).to(torch.float64) for p in parts])
+    flat = _AllReduceSum.apply(flat, None if group is True else group)
+    out, k = [], 0
+    for p in parts:
+        out.append(flat[k:k + p.numel()].reshape(p.shape).to(p.dtype))
+        k += p.numel()
+    return out
+
+
 def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
                       dice: float = 1.0, iou: float = 1.0, bce: float = 0.8, focal: float = 0.0,
                       tversky: float = 0.0, ce: float | None = None, jaccard: float | None = None,
@@ -235,12 +297,19 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                       focal_gamma: float = 2.0, classes=None, log_loss: bool = False,
                       from_logits: bool = True, smooth: float = 0.0, eps: float = 1e-7,
                       ignore_index: int | None = None, class_weights=None,
-                      per_image: bool = False, reduction: str = "mean",
+                      per_image: bool = False, reduction: str = "mean", process_group=None,
                       _fn: str = "segmentation_loss") -> Tensor:
     """dice * DiceLoss + iou * JaccardLoss + bce * (BCE, or CE in multiclass mode)
     + focal * FocalLoss + tversky * TverskyLoss, each term as smp computes it, from one pass of
     the statistics kernel. ``ce`` is an alias of ``bce``, ``jaccard`` of ``iou``.
-    ``reduction="none"`` (one overlap term only) returns its per-class losses."""
+    ``reduction="none"`` (one overlap term only) returns its per-class losses.
+
+    ``process_group`` (a torch.distributed group, or True for the default group): the batch-wide
+    statistics (per-class sums, the cross-entropy sum and element count, per_image's sums of
+    per-sample losses) are summed over the ranks, in one all-reduce, before the ratios, so every
+    rank gets the loss of the whole distributed batch; backward sums the gradients over the
+    ranks as well, so that DDP's gradient averaging gives the single-process gradient of that
+    loss. Every rank must call it (a collective)."""
     if ce is not None:
         bce = ce
     if jaccard is not None:
@@ -258,25 +327,49 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                             ignore_index=ignore_index, eps=eps,
                             focal_gamma=focal_gamma if focal else None,
                             focal_alpha=focal_alpha if focal else None, fn=_fn)
+    # batch-wide sums (over ranks too, with a process group) and per-image partial sums
+    batch_stats = stats.sum(0, keepdim=True)
+    per_image_losses = []
+    if per_image:
+        for w, a, b, g in overlap:
+            loss = _from_stats(stats, alpha=a, beta=b, smooth=smooth, eps=eps,
+                               log_loss=log_loss, per_image=True)
+            per_image_losses.append(loss)
+    parts = [batch_stats]
+    if bce:
+        count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
+        parts += [xent.sum(), xent.new_tensor(float(count))]
+    if process_group is not None and per_image and reduction != "none":
+        for loss in per_image_losses:  # (weighted) sums over the local samples and their weights
+            num, den = _weighted_sums(loss, classes, class_weights, _fn)
+            parts += [num, den]
+    if process_group is not None:
+        parts = _global_sums(parts, process_group)
+    batch_stats = parts[0]
     total = None
 
     def add(term):
         nonlocal total
         total = term if total is None else total + term
 
-    for w, a, b, g in overlap:
-        loss = _from_stats(stats, alpha=a, beta=b, smooth=smooth, eps=eps, log_loss=log_loss,
-                           per_image=per_image)
-        loss = _aggregate(loss, classes, class_weights, reduction, _fn)
+    for idx, (w, a, b, g) in enumerate(overlap):
+        if not per_image:
+            loss = _from_stats(batch_stats, alpha=a, beta=b, smooth=smooth, eps=eps,
+                               log_loss=log_loss, per_image=False)
+            loss = _aggregate(loss, classes, class_weights, reduction, _fn)
+        elif process_group is not None and reduction != "none":
+            num, den = parts[(3 if bce else 1) + 2 * idx: (3 if bce else 1) + 2 * idx + 2]
+            loss = num / den if reduction == "mean" else num
+        else:
+            loss = _aggregate(per_image_losses[idx], classes, class_weights, reduction, _fn)
         if reduction == "none":
             return loss
         add(w * (loss ** g if g != 1.0 else loss))
     if bce:
-        count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
-        x = xent.sum()
-        add(bce * (x / max(count, 1) if reduction == "mean" else x))
+        x, count = parts[1], parts[2]
+        add(bce * (x / count.clamp_min(1) if reduction == "mean" else x))
     if focal:
-        add(focal * _focal_from_stats(stats, mode, class_weights, reduction))
+        add(focal * _focal_from_stats(batch_stats, mode, class_weights, reduction))
     if total is None:
         return stats.new_zeros(())
     return total
@@ -291,24 +384,26 @@ def _only(term: str, **fixed):
 def dice_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *, classes=None,
               log_loss: bool = False, from_logits: bool = True, smooth: float = 0.0,
               ignore_index: int | None = None, eps: float = 1e-7, class_weights=None,
-              per_image: bool = False, reduction: str = "mean") -> Tensor:
+              per_image: bool = False, reduction: str = "mean", process_group=None) -> Tensor:
     """smp's DiceLoss: 1 - 2TP / (2TP + FP + FN) per class (``log_loss``: -log of the score),
     zero for classes absent from the target, the class mean (``class_weights``: weighted)."""
     return segmentation_loss(input, target, mode, **_only("dice", dice=1.0), classes=classes,
                              log_loss=log_loss, from_logits=from_logits, smooth=smooth, eps=eps,
                              ignore_index=ignore_index, class_weights=class_weights,
-                             per_image=per_image, reduction=reduction, _fn="dice_loss")
+                             per_image=per_image, reduction=reduction,
+                             process_group=process_group, _fn="dice_loss")
 
 
 def jaccard_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *, classes=None,
                  log_loss: bool = False, from_logits: bool = True, smooth: float = 0.0,
                  ignore_index: int | None = None, eps: float = 1e-7, class_weights=None,
-                 per_image: bool = False, reduction: str = "mean") -> Tensor:
+                 per_image: bool = False, reduction: str = "mean", process_group=None) -> Tensor:
     """smp's JaccardLoss (IoU loss): 1 - TP / (TP + FP + FN) per class, as dice_loss."""
     return segmentation_loss(input, target, mode, **_only("iou", iou=1.0), classes=classes,
                              log_loss=log_loss, from_logits=from_logits, smooth=smooth, eps=eps,
                              ignore_index=ignore_index, class_weights=class_weights,
-                             per_image=per_image, reduction=reduction, _fn="jaccard_loss")
+                             per_image=per_image, reduction=reduction,
+                             process_group=process_group, _fn="jaccard_loss")
 
 
 iou_loss = jaccard_loss
@@ -318,7 +413,7 @@ def tversky_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
                  alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, classes=None,
                  log_loss: bool = False, from_logits: bool = True, smooth: float = 0.0,
                  ignore_index: int | None = None, eps: float = 1e-7, class_weights=None,
-                 per_image: bool = False, reduction: str = "mean") -> Tensor:
+                 per_image: bool = False, reduction: str = "mean", process_group=None) -> Tensor:
     """smp's TverskyLoss: 1 - TP / (TP + alpha FP + beta FN) per class, the class mean raised to
     gamma (focal Tversky)."""
     return segmentation_loss(input, target, mode, **_only("tversky", tversky=1.0),
@@ -326,14 +421,15 @@ def tversky_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
                              classes=classes, log_loss=log_loss, from_logits=from_logits,
                              smooth=smooth, eps=eps, ignore_index=ignore_index,
                              class_weights=class_weights, per_image=per_image,
-                             reduction=reduction, _fn="tversky_loss")
+                             reduction=reduction, process_group=process_group,
+                             _fn="tversky_loss")
 
 
 def focal_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
                alpha: float | None = None, gamma: float = 2.0, ignore_index: int | None = None,
                from_logits: bool = True, eps: float = 1e-7, reduction: str = "mean",
                normalized: bool = False, reduced_threshold: float | None = None,
-               class_weights=None) -> Tensor:
+               class_weights=None, process_group=None) -> Tensor:
     """smp's FocalLoss: the sigmoid focal term (1 - p_t)^gamma BCE of every element, one-vs-rest
     per class in multiclass mode, weighted alpha / 1 - alpha for positives / negatives when
     ``alpha`` is given; binary: the mean over kept elements; multiclass / multilabel: each
@@ -346,6 +442,9 @@ def focal_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
     if mode == "binary" and class_weights is not None:
         raise ValueError(f"{fn}: class_weights are not supported with mode='binary' (as in smp)")
     if normalized or reduced_threshold is not None or reduction == "none":
+        if process_group is not None:
+            raise ValueError(f"{fn}: process_group is supported for the fused focal loss only "
+                             "(not with normalized, reduced_threshold or reduction='none')")
         _check(fn, input, target, mode)
         if not gamma >= 0 or (alpha is not None and not 0 <= alpha <= 1):
             raise ValueError(f"{fn}: gamma must be >= 0 and alpha in [0, 1] or None, got "
@@ -357,4 +456,4 @@ def focal_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
     return segmentation_loss(input, target, mode, **_only("focal", focal=1.0), focal_alpha=alpha,
                              focal_gamma=gamma, from_logits=from_logits, eps=eps,
                              ignore_index=ignore_index, class_weights=class_weights,
-                             reduction=reduction, _fn=fn)
+                             reduction=reduction, process_group=process_group, _fn=fn)

@@ -294,11 +294,12 @@ class _SegLoss(torch.nn.Module):
 
     def __init__(self, mode: str, classes=None, log_loss: bool = False, from_logits: bool = True,
                  smooth: float = 0.0, ignore_index: int | None = None, eps: float = 1e-7,
-                 class_weights=None, *, per_image: bool = False, **extra):
+                 class_weights=None, *, per_image: bool = False, process_group=None, **extra):
         super().__init__()
         self.mode, self.classes, self.log_loss, self.from_logits = mode, classes, log_loss, from_logits
         self.smooth, self.ignore_index, self.eps = smooth, ignore_index, eps
         self.class_weights, self.per_image = class_weights, per_image
+        self.process_group = process_group
         self.extra = extra
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
@@ -306,11 +307,12 @@ class _SegLoss(torch.nn.Module):
                               log_loss=self.log_loss, from_logits=self.from_logits,
                               smooth=self.smooth, ignore_index=self.ignore_index, eps=self.eps,
                               class_weights=self.class_weights, per_image=self.per_image,
-                              **self.extra)
+                              process_group=self.process_group, **self.extra)
 
 
 class DiceLoss(_SegLoss):
-    """segmentation_models_pytorch.losses.DiceLoss, same arguments (plus ``per_image``)."""
+    """segmentation_models_pytorch.losses.DiceLoss, same arguments (plus ``per_image`` and
+    ``process_group``: statistics summed over the ranks, see fastgenloss.segmentation_loss)."""
     _fn = staticmethod(F.dice_loss)
 
 
@@ -326,9 +328,10 @@ class TverskyLoss(_SegLoss):
     def __init__(self, mode: str, classes=None, log_loss: bool = False, from_logits: bool = True,
                  smooth: float = 0.0, ignore_index: int | None = None, eps: float = 1e-7,
                  alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, class_weights=None,
-                 *, per_image: bool = False):
+                 *, per_image: bool = False, process_group=None):
         super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps,
-                         class_weights, per_image=per_image, alpha=alpha, beta=beta, gamma=gamma)
+                         class_weights, per_image=per_image, process_group=process_group,
+                         alpha=alpha, beta=beta, gamma=gamma)
 
 
 class FocalLoss(torch.nn.Module):
@@ -338,7 +341,8 @@ class FocalLoss(torch.nn.Module):
     def __init__(self, mode: str, alpha: float | None = None, gamma: float | None = 2.0,
                  ignore_index: int | None = None, from_logits: bool = True, eps: float = 1e-7,
                  reduction: str | None = "mean", normalized: bool = False,
-                 reduced_threshold: float | None = None, class_weights=None):
+                 reduced_threshold: float | None = None, class_weights=None, *,
+                 process_group=None):
         super().__init__()
         if class_weights is not None and mode == "binary":
             raise ValueError("FocalLoss: class_weights are not supported with mode='binary' (as in smp)")
@@ -346,14 +350,15 @@ class FocalLoss(torch.nn.Module):
         self.ignore_index, self.from_logits, self.eps = ignore_index, from_logits, eps
         self.reduction = reduction or "none"
         self.normalized, self.reduced_threshold = normalized, reduced_threshold
-        self.class_weights = class_weights
+        self.class_weights, self.process_group = class_weights, process_group
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         return F.focal_loss(y_pred, y_true, self.mode, alpha=self.alpha, gamma=self.gamma,
                             ignore_index=self.ignore_index, from_logits=self.from_logits,
                             eps=self.eps, reduction=self.reduction, normalized=self.normalized,
                             reduced_threshold=self.reduced_threshold,
-                            class_weights=self.class_weights)
+                            class_weights=self.class_weights,
+                            process_group=self.process_group)
 
 
 class SegmentationLoss(torch.nn.Module):
