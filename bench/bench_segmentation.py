@@ -6,9 +6,13 @@ torch.compile; fwd, bwd, fwd+bwd and peak memory.
 
     pytest bench/bench_segmentation.py --benchmark-json out.json   # then: python bench/report.py out.json
 
+A second case, "binary dice+0.8bce+focal" (mask generators: one channel, sigmoid, float mask),
+runs on the same shapes with C = 1: fastgenloss vs smp's DiceLoss + 0.8 SoftBCEWithLogitsLoss +
+FocalLoss, the reference eager and compiled (MONAI's focal loss has other conventions: no row).
+
 FGL_BENCH_SEG: comma-separated logits shapes NxCxHxW or NxCxDxHxW (default 8x19x256x256 and
-2x4x64x64x64 on the CPU; 16x19x512x512 and 2x4x128x128x128 on a GPU). smp / MONAI rows are
-left out where the package is not installed.
+2x4x64x64x64 on the CPU; 16x19x512x512 and 2x4x128x128x128 on a GPU). FGL_BENCH_SEG_CASES:
+"multiclass,binary" (default). smp / MONAI rows are left out where the package is not installed.
 """
 
 from __future__ import annotations
@@ -29,19 +33,27 @@ allow_many_compiles()
 _DEFAULT = "16x19x512x512,2x4x128x128x128" if DEVICE == "cuda" else "8x19x256x256,2x4x64x64x64"
 SHAPES = [tuple(int(v) for v in s.strip().split("x"))
           for s in os.environ.get("FGL_BENCH_SEG", _DEFAULT).split(",") if s.strip()]
+CASES = [c.strip() for c in os.environ.get("FGL_BENCH_SEG_CASES", "multiclass,binary").split(",")
+         if c.strip()]
+_BINARY = dict(dice=1.0, iou=0.0, bce=0.8, focal=1.0)
 
 
-def _smp():
+def _smp(case):
     try:
         import segmentation_models_pytorch.losses as L
     except Exception:  # noqa: BLE001  (absent, or its imports fail)
         return None
+    if case == "binary":
+        dice, bce, focal = L.DiceLoss("binary"), L.SoftBCEWithLogitsLoss(), L.FocalLoss("binary")
+        return lambda x, t: dice(x, t) + 0.8 * bce(x, t) + focal(x, t)
     dice, iou = L.DiceLoss("multiclass"), L.JaccardLoss("multiclass")
     ce = L.SoftCrossEntropyLoss(smooth_factor=0.0)
     return lambda x, t: dice(x, t) + iou(x, t) + 0.8 * ce(x, t)
 
 
-def _monai():
+def _monai(case):
+    if case == "binary":
+        return None
     try:
         from monai.losses import DiceLoss
     except Exception:  # noqa: BLE001
@@ -60,22 +72,31 @@ def _ref(x, t):
     return R.segmentation_loss(x, t, mode="multiclass", dice=1.0, iou=1.0, bce=0.8)
 
 
+def _ours_binary(x, t):
+    return fgl.segmentation_loss(x, t, "binary", **_BINARY)
+
+
+def _ref_binary(x, t):
+    return R.segmentation_loss(x, t, mode="binary", **_BINARY)
+
+
 _compiled: dict = {}
 IMPLS = bench_impls() + ["smp", "monai"]
 
 
-def _impl_fn(impl: str):
+def _impl_fn(impl: str, case: str):
+    binary = case == "binary"
     if impl == "fastgenloss":
-        return _ours
+        return _ours_binary if binary else _ours
     if impl == "reference":
-        return _ref
+        return _ref_binary if binary else _ref
     if impl == "compile":
-        if "ref" not in _compiled:
-            _compiled["ref"] = torch.compile(_ref, dynamic=False)
-        return _compiled["ref"]
-    fn = {"smp": _smp, "monai": _monai}[impl]()
+        if case not in _compiled:
+            _compiled[case] = torch.compile(_ref_binary if binary else _ref, dynamic=False)
+        return _compiled[case]
+    fn = {"smp": _smp, "monai": _monai}[impl](case)
     if fn is None:
-        pytest.skip(f"{impl} is not installed")
+        pytest.skip(f"{impl}: not installed, or no comparable loss for this case")
     return fn
 
 
@@ -92,19 +113,26 @@ def _shape_id(shape):
 @pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("passes", ["fwd", "bwd", "fwd+bwd"])
-def test_segmentation(benchmark, passes, impl, shape, dtype):
+@pytest.mark.parametrize("case", CASES)
+def test_segmentation(benchmark, case, passes, impl, shape, dtype):
     if impl == "monai" and dtype != torch.float32:
         pytest.skip("MONAI's one-hot Dice is compared in float32 only")
-    fn = _impl_fn(impl)
+    fn = _impl_fn(impl, case)
     g = torch.Generator(device="cpu").manual_seed(sum(shape))
-    x = torch.randn(shape, generator=g).mul_(2).to(device=DEVICE, dtype=dtype)
-    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(DEVICE)
+    if case == "binary":
+        shape = (shape[0], 1, *shape[2:])
+        x = torch.randn(shape, generator=g).mul_(2).to(device=DEVICE, dtype=dtype)
+        t = (torch.rand(shape, generator=g) < 0.3).to(device=DEVICE, dtype=dtype)
+    else:
+        x = torch.randn(shape, generator=g).mul_(2).to(device=DEVICE, dtype=dtype)
+        t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(DEVICE)
     x.requires_grad_(passes != "fwd")
     name = _shape_id(shape)
-    benchmark.group = f"segmentation {passes} {name} {str(dtype)[6:]} {DEVICE}"
+    label = "binary dice+0.8bce+focal" if case == "binary" else "dice+iou+0.8ce"
+    benchmark.group = f"segmentation {label} {passes} {name} {str(dtype)[6:]} {DEVICE}"
     # bytes a pass must move at least: the logits once (+ the gradient backward), the labels
     nbytes = x.numel() * x.element_size() + t.numel() * t.element_size()
-    benchmark.extra_info.update(case="dice+iou+0.8ce", passes=passes, impl=impl,
+    benchmark.extra_info.update(case=label, passes=passes, impl=impl,
                                 numel=x.numel(), shape=name, dtype=str(dtype)[6:],
                                 device=DEVICE,
                                 device_name=(torch.cuda.get_device_name() if DEVICE == "cuda"

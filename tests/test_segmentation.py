@@ -17,6 +17,14 @@ C = 5
 IGNORE = 255
 
 
+@pytest.fixture(autouse=True)
+def _cuda_kernel_on(request, monkeypatch):
+    """On CUDA the tests run the hand-written kernel (opt-in until validated on a GPU; the
+    PyTorch-ops path it replaces is compared with it in test_cuda_kernel_matches_torch_path)."""
+    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
+        monkeypatch.setattr(fgl._segmentation, "CUDA_KERNEL", True)
+
+
 def make(mode, spatial, *, n=2, c=C, ignore=False, seed=0, absent=False, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, 1 if mode == "binary" else c, *spatial), generator=g, dtype=torch.float64) * 3
@@ -161,8 +169,6 @@ def test_gradcheck(device):
 
 def test_opcheck(device):
     x, t = make("multiclass", (4, 6), device=device)
-    if device != "cpu":
-        pytest.skip("the kernel is CPU-only for now")
     for args in [(x.detach().reshape(2, C, -1).float(), t.reshape(2, -1), 1, True, 3),
                  (x.detach().reshape(2, C, -1), t.reshape(2, -1).int(), 1, False, 0)]:
         torch.library.opcheck(torch.ops.fastgenloss.seg_stats.default, args)
@@ -328,7 +334,7 @@ def test_focal_gradcheck_opcheck_compile(device):
             assert torch.autograd.gradcheck(
                 lambda a: fgl.segmentation_loss(a, t, mode, ignore_index=ig, focal=1.0,
                                                 focal_gamma=gamma, focal_alpha=0.3), (x,))
-    if device == "cpu":
+    if True:  # the op on this device (CPU kernel, or the CUDA kernel)
         x, t = make("multiclass", (4, 6), device=device)
         torch.library.opcheck(torch.ops.fastgenloss.seg_stats.default,
                               (x.detach().reshape(2, C, -1).float(), t.reshape(2, -1), 1, True, 3,
@@ -359,3 +365,44 @@ def test_focal_module_and_errors():
         fgl.focal_loss(x, t, "multiclass", class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="not supported with mode='binary'"):
         fgl.nn.FocalLoss("binary", class_weights=[1.0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("spatial", [(37, 61), (3, 17, 29), (70, 70)], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_kernel_matches_torch_path(monkeypatch, mode, spatial, dtype):
+    """The CUDA kernel against the PyTorch-ops path on the same device and against float64 on
+    the CPU: every term incl. focal, ignore_index, rows longer than one chunk (70 x 70 > 2048)."""
+    x, t = make(mode, spatial, n=3, ignore=True, absent=True, seed=31)
+    ig = IGNORE if mode == "multiclass" else -1
+    kw = dict(dice=1.0, iou=1.0, bce=0.8, focal=0.5, focal_alpha=0.25, tversky=0.3,
+              ignore_index=ig)
+    want = R.segmentation_loss(x, t, mode=mode, **kw)
+    (gwant,) = torch.autograd.grad(want, x)
+    xc = x.detach().to("cuda", dtype).requires_grad_(True)
+    tc = t.to("cuda") if mode == "multiclass" else t.to("cuda", dtype)
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(fgl._segmentation, "CUDA_KERNEL", flag)
+        loss = fgl.segmentation_loss(xc, tc, mode, **kw)
+        (g,) = torch.autograd.grad(loss, xc)
+        out[flag] = (loss.double().cpu(), g.double().cpu())
+    tol = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-7),
+           torch.float16: (2e-3, 2e-4), torch.bfloat16: (1e-2, 2e-3)}[dtype]
+    for flag, (loss, g) in out.items():
+        torch.testing.assert_close(loss, want.detach(), rtol=tol[0], atol=tol[1],
+                                   msg=lambda m: f"kernel={flag}: {m}")
+        torch.testing.assert_close(g, gwant, rtol=max(tol[0], 1e-3) if dtype != torch.float64 else tol[0],
+                                   atol=tol[1] * 10, msg=lambda m: f"kernel={flag} grad: {m}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernel_bad_label_raises_not_crashes(monkeypatch):
+    monkeypatch.setattr(fgl._segmentation, "CUDA_KERNEL", True)
+    x, t = make("multiclass", (40, 60), device="cuda")
+    t[1, 39, 59] = 9
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\), got 9"):
+        fgl.segmentation_loss(x, t, "multiclass")
+    # the device is still usable afterwards
+    assert torch.isfinite(fgl.segmentation_loss(x, t.clamp(max=C - 1), "multiclass"))

@@ -19,9 +19,9 @@ Conventions (smp's, where MONAI differs):
   by every element, ignored ones included (torch's cross_entropy divides by the kept ones).
 - ``ignore_index`` elements take no part in any statistic and get a zero gradient.
 
-Where no kernel applies (probabilities as input, soft multiclass targets, a device without the
-kernel: CUDA for now) the same statistics are computed with PyTorch ops, and the second stage is
-shared.
+Where no kernel applies (probabilities as input, soft multiclass targets, CUDA unless
+FASTGENLOSS_SEG_CUDA_KERNEL=1 opts in to the not yet GPU-validated CUDA kernel) the same
+statistics are computed with PyTorch ops, and the second stage is shared.
 
 The focal term (smp's FocalLoss: sigmoid per channel, one-vs-rest in multiclass mode) is two
 more statistics of the same pass, F = the focal loss summed and K = the number of kept
@@ -32,6 +32,7 @@ here, not NaN.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,18 @@ def _check(fn: str, input: Tensor, target: Tensor, mode: str):
         raise ValueError(f"{fn}: target must have the input's shape {list(input.shape)} "
                          f"(or be integer labels in multiclass mode), got {_desc(target)}")
     return x, target.reshape(n, c, m), MODES[mode], False
+
+
+# Whether CUDA tensors go through the hand-written seg_stats CUDA kernel. It builds and links
+# with the package but has not yet run on a GPU (no GPU was lent to the session that wrote it),
+# so it is opt-in until a GPU session validates it: FASTGENLOSS_SEG_CUDA_KERNEL=1 at import, or
+# fastgenloss._segmentation.CUDA_KERNEL = True. Otherwise CUDA tensors take the PyTorch-ops
+# path (the same statistics).
+CUDA_KERNEL = os.environ.get("FASTGENLOSS_SEG_CUDA_KERNEL", "0") == "1"
+
+
+def cuda_kernel_enabled() -> bool:
+    return CUDA_KERNEL
 
 
 def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: bool,
@@ -144,7 +157,8 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
             raise ValueError(f"{fn}: focal gamma must be >= 0, got {focal_gamma}")
         if focal_alpha is not None and not 0 <= focal_alpha <= 1:
             raise ValueError(f"{fn}: focal alpha must be in [0, 1] or None, got {focal_alpha}")
-    kernel = (from_logits and x.device.type == "cpu"
+    kernel = (from_logits and (x.device.type == "cpu" or
+                               x.device.type == "cuda" and cuda_kernel_enabled())
               and (labels or code != SEG_MULTICLASS))
     if kernel:
         has_ignore = ignore_index is not None

@@ -1,0 +1,132 @@
+// CUDA implementations of the segmentation-statistics ops: checks, layouts and scratch here
+// (g++), kernels in seg_kernels.cu. Launches on torch's current stream. Multiclass forward reads
+// back one flag (a host synchronization) to raise on a label outside [0, C) that is not
+// ignore_index, with the value -- the same error as the CPU kernel, never an illegal access
+// (the kernel leaves such a position out).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "fastgenloss/seg_launch.h"
+#include "fastgenloss/seg_math.h"
+#include "glue.h"
+
+namespace fastgenloss {
+namespace {
+
+constexpr const char* kOp = "fastgenloss::seg_stats";
+
+struct SegOperands {
+  at::Tensor input, target;
+  SegLaunch launch;
+};
+
+SegOperands seg_operands(const at::Tensor& input_, const at::Tensor& target_, int64_t mode,
+                         bool has_ignore, int64_t ignore_index, double focal_gamma,
+                         double focal_alpha) {
+  TORCH_CHECK(mode == kSegBinary || mode == kSegMulticlass || mode == kSegMultilabel, kOp,
+              ": unknown mode code ", mode);
+  TORCH_CHECK(input_.dim() == 3 && at::isFloatingType(input_.scalar_type()), kOp,
+              ": input must be floating logits [N, C, M], got ", input_.sizes(), " ",
+              input_.scalar_type());
+  TORCH_CHECK(target_.device() == input_.device(), kOp, ": target is on ", target_.device(),
+              " but input is on ", input_.device());
+  SegOperands o;
+  o.input = input_.contiguous();
+  SegLabel labels = SegLabel::None;
+  if (mode == kSegMulticlass) {
+    TORCH_CHECK(target_.dim() == 2 && target_.size(0) == input_.size(0) &&
+                    target_.size(1) == input_.size(2),
+                kOp, ": labels must be [N, M] = [", input_.size(0), ", ", input_.size(2),
+                "], got ", target_.sizes());
+    switch (target_.scalar_type()) {
+      case at::kByte: labels = SegLabel::UInt8; o.target = target_.contiguous(); break;
+      case at::kInt: labels = SegLabel::Int32; o.target = target_.contiguous(); break;
+      case at::kLong: labels = SegLabel::Int64; o.target = target_.contiguous(); break;
+      case at::kChar:
+      case at::kShort:
+        labels = SegLabel::Int32;
+        o.target = target_.to(at::kInt).contiguous();
+        break;
+      default: TORCH_CHECK(false, kOp, ": labels must be an integer tensor, got ", target_.scalar_type());
+    }
+  } else {
+    TORCH_CHECK(target_.sizes() == input_.sizes(), kOp, ": target must match input ",
+                input_.sizes(), ", got ", target_.sizes());
+    o.target = target_.to(input_.scalar_type()).contiguous();
+  }
+  o.launch = SegLaunch{pixel_dtype(o.input.scalar_type()), labels, o.input.size(0), o.input.size(1),
+                       o.input.size(2), o.input.const_data_ptr(), o.target.const_data_ptr(), mode,
+                       has_ignore, ignore_index, focal_gamma, focal_alpha};
+  return o;
+}
+
+cudaStream_t stream_of(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> seg_stats_cuda(const at::Tensor& input, const at::Tensor& target,
+                                                  int64_t mode, bool has_ignore,
+                                                  int64_t ignore_index, double focal_gamma,
+                                                  double focal_alpha) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const SegOperands o = seg_operands(input, target, mode, has_ignore, ignore_index, focal_gamma,
+                                     focal_alpha);
+  const int64_t n = o.launch.n, c = o.launch.c, m = o.launch.m;
+  const bool focal = focal_gamma >= 0.0;
+  const int64_t W = focal ? 6 : 4, S = focal ? 5 : 3;
+  const auto acc_opts = o.input.options().dtype(o.input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const bool mc = mode == kSegMulticlass;
+  const int64_t rows = mc ? n : n * c;
+  at::Tensor part = at::empty({std::max<int64_t>(1, rows * seg_chunks(m) * (mc ? c : 1) * W)}, acc_opts);
+  at::Tensor stats = at::empty({n, c, S}, acc_opts), xent = at::empty({n, c}, acc_opts);
+  at::Tensor bad = at::zeros({2}, o.input.options().dtype(at::kLong));
+  C10_CUDA_CHECK(launch_seg_fwd(o.launch, part.mutable_data_ptr(), stats.mutable_data_ptr(),
+                                xent.mutable_data_ptr(), bad.mutable_data_ptr(), stream_of(o.input)));
+  if (mc && n * m > 0) {
+    const at::Tensor hb = bad.cpu();
+    const int64_t* h = hb.const_data_ptr<int64_t>();
+    if (h[0] != 0) {
+      if (has_ignore) {
+        TORCH_CHECK(false, kOp, ": labels must be in [0, ", c, ") or ignore_index (", ignore_index,
+                    "), got ", h[1]);
+      }
+      TORCH_CHECK(false, kOp, ": labels must be in [0, ", c, "), got ", h[1],
+                  " (pass ignore_index for labels to leave out)");
+    }
+  }
+  return {stats, xent};
+}
+
+at::Tensor seg_stats_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& grad_xent,
+                              const at::Tensor& input, const at::Tensor& target, int64_t mode,
+                              bool has_ignore, int64_t ignore_index, double focal_gamma,
+                              double focal_alpha) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const SegOperands o = seg_operands(input, target, mode, has_ignore, ignore_index, focal_gamma,
+                                     focal_alpha);
+  const int64_t n = o.launch.n, c = o.launch.c;
+  const int64_t S = focal_gamma >= 0.0 ? 5 : 3;
+  TORCH_CHECK(grad_stats.sizes() == at::IntArrayRef({n, c, S}) &&
+                  grad_xent.sizes() == at::IntArrayRef({n, c}),
+              kOp, ": gradients must be [N, C, ", S, "] and [N, C], got ", grad_stats.sizes(),
+              " and ", grad_xent.sizes());
+  const auto acc = o.input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor gs = grad_stats.to(o.input.device(), acc).contiguous();
+  const at::Tensor gx = grad_xent.to(o.input.device(), acc).contiguous();
+  at::Tensor out = at::empty_like(o.input);
+  C10_CUDA_CHECK(launch_seg_bwd(o.launch, gs.const_data_ptr(), gx.const_data_ptr(),
+                                out.mutable_data_ptr(), stream_of(o.input)));
+  return out;
+}
+
+}  // namespace fastgenloss
+
+TORCH_LIBRARY_IMPL(fastgenloss, CUDA, m) {
+  m.impl("seg_stats", &fastgenloss::seg_stats_cuda);
+  m.impl("seg_stats_bwd", &fastgenloss::seg_stats_bwd_cuda);
+}
