@@ -90,7 +90,7 @@ FGL_SEG_INLINE acc_t focal_elem(acc_t x, acc_t t, acc_t gamma, acc_t alpha, acc_
 }
 
 template <typename Fn>
-void with_focal_gamma(double gamma, Fn&& fn) {
+FGL_SEG_INLINE void with_focal_gamma(double gamma, Fn&& fn) {
   if (gamma == 2.0) {
     fn(std::integral_constant<int, 2>{});
   } else if (gamma == 1.0) {
@@ -166,7 +166,7 @@ struct Tile {
 
   explicit Tile(int64_t c) : e(size_t(c) * kTile) {}
 
-  void load(const scalar_t* x, const label_t* lab, int64_t c, int64_t m, int64_t m0, int64_t len,
+  FGL_SEG_INLINE void load(const scalar_t* x, const label_t* lab, int64_t c, int64_t m, int64_t m0, int64_t len,
             bool has_ignore, int64_t ignore, BadLabel& bad) {
     acc_t mx[kTile], s[kTile];
     for (int64_t t = 0; t < len; ++t) mx[t] = -std::numeric_limits<acc_t>::infinity();
@@ -208,159 +208,178 @@ struct Tile {
   }
 };
 
+// Tasks [begin, end) of multiclass_fwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
 template <typename scalar_t, typename label_t>
-void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
+FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
-                    BadLabel& bad, const Focal& focal) {
+                    BadLabel& bad, const Focal& focal, int64_t begin, int64_t end) {
   using acc_t = acc_type_t<scalar_t>;
   // part: [N, nch, C, W] (P, T, A, X[, F, K])
   const int64_t W = focal.part();
   const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
-  at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
-    Tile<scalar_t, label_t> tile(c);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nch, ch = task % nch;
-      const scalar_t* xb = x + b * c * m;
-      const label_t* lb = lab + b * m;
-      double* acc = part.data() + task * c * W;
-      std::fill(acc, acc + c * W, 0.0);
-      const int64_t m1 = std::min(m, (ch + 1) * kChunk);
-      for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
-        const int64_t len = std::min(kTile, m1 - m0);
-        tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
-        for (int64_t k = 0; k < c; ++k) {
-          const acc_t* ek = tile.e.data() + k * kTile;
-          // kLanes independent partial sums: vectorizable without reassociation
-          acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {};
+  Tile<scalar_t, label_t> tile(c);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / nch, ch = task % nch;
+    const scalar_t* xb = x + b * c * m;
+    const label_t* lb = lab + b * m;
+    double* acc = part.data() + task * c * W;
+    std::fill(acc, acc + c * W, 0.0);
+    const int64_t m1 = std::min(m, (ch + 1) * kChunk);
+    for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
+      const int64_t len = std::min(kTile, m1 - m0);
+      tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
+      for (int64_t k = 0; k < c; ++k) {
+        const acc_t* ek = tile.e.data() + k * kTile;
+        // kLanes independent partial sums: vectorizable without reassociation
+        acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {};
+        int64_t t = 0;
+        for (; t + kLanes <= len; t += kLanes) {
+          for (int q = 0; q < kLanes; ++q) {
+            const acc_t pv = ek[t + q] * tile.vf[t + q];
+            const acc_t tv = tile.lbl32[t + q] == int32_t(k) ? acc_t(1) : acc_t(0);
+            P[q] += pv;
+            T[q] += tv;
+            A[q] += std::fabs(pv - tv);
+          }
+        }
+        for (; t < len; ++t) {
+          const acc_t pv = ek[t] * tile.vf[t];
+          const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+          P[0] += pv;
+          T[0] += tv;
+          A[0] += std::fabs(pv - tv);
+        }
+        for (int q = 0; q < kLanes; ++q) {
+          acc[k * W + 0] += P[q];
+          acc[k * W + 1] += T[q];
+          acc[k * W + 2] += A[q];
+        }
+        if (focal.on) {  // one-vs-rest sigmoid focal term of class k
+          const scalar_t* row = xb + k * m + m0;
+          acc_t fk[kTile];
+          with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
+            constexpr int GI = decltype(g)::value;
+            for (int64_t t = 0; t < len; ++t) {
+              const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+              acc_t unused;
+              fk[t] = tile.vf[t] * focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &unused);
+            }
+          });
+          acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
           int64_t t = 0;
           for (; t + kLanes <= len; t += kLanes) {
             for (int q = 0; q < kLanes; ++q) {
-              const acc_t pv = ek[t + q] * tile.vf[t + q];
-              const acc_t tv = tile.lbl32[t + q] == int32_t(k) ? acc_t(1) : acc_t(0);
-              P[q] += pv;
-              T[q] += tv;
-              A[q] += std::fabs(pv - tv);
+              Fs[q] += fk[t + q];
+              Ks[q] += tile.vf[t + q];
             }
           }
           for (; t < len; ++t) {
-            const acc_t pv = ek[t] * tile.vf[t];
-            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-            P[0] += pv;
-            T[0] += tv;
-            A[0] += std::fabs(pv - tv);
+            Fs[0] += fk[t];
+            Ks[0] += tile.vf[t];
           }
           for (int q = 0; q < kLanes; ++q) {
-            acc[k * W + 0] += P[q];
-            acc[k * W + 1] += T[q];
-            acc[k * W + 2] += A[q];
-          }
-          if (focal.on) {  // one-vs-rest sigmoid focal term of class k
-            const scalar_t* row = xb + k * m + m0;
-            acc_t fk[kTile];
-            with_focal_gamma(focal.gamma, [&](auto g) {
-              constexpr int GI = decltype(g)::value;
-              for (int64_t t = 0; t < len; ++t) {
-                const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-                acc_t unused;
-                fk[t] = tile.vf[t] * focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &unused);
-              }
-            });
-            acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
-            int64_t t = 0;
-            for (; t + kLanes <= len; t += kLanes) {
-              for (int q = 0; q < kLanes; ++q) {
-                Fs[q] += fk[t + q];
-                Ks[q] += tile.vf[t + q];
-              }
-            }
-            for (; t < len; ++t) {
-              Fs[0] += fk[t];
-              Ks[0] += tile.vf[t];
-            }
-            for (int q = 0; q < kLanes; ++q) {
-              acc[k * W + 4] += Fs[q];
-              acc[k * W + 5] += Ks[q];
-            }
+            acc[k * W + 4] += Fs[q];
+            acc[k * W + 5] += Ks[q];
           }
         }
+      }
+      for (int64_t t = 0; t < len; ++t) {
+        if (!tile.valid[t]) continue;
+        const int64_t l = tile.lbl[t];
+        acc[l * W + 3] += tile.lse[t] - acc_t(xb[l * m + m0 + t]);  // -log softmax_l
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename label_t>
+void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
+                    bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
+                    BadLabel& bad, const Focal& focal) {
+  at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
+    multiclass_fwd_range<scalar_t, label_t>(x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal,
+                                            begin, end);
+  });
+}
+
+// Tasks [begin, end) of multiclass_bwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
+template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
+FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
+                    bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
+                    scalar_t* out, BadLabel& bad, const Focal& focal, int64_t begin, int64_t end) {
+  // gs: [N, C, S] (dL/dP, dL/dT, dL/dA[, dL/dF, dL/dK]); gx: [N, C] (dL/dX)
+  const int64_t S = focal.stats();
+  const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
+  const int64_t nch = (m + kChunk - 1) / kChunk;
+  Tile<scalar_t, label_t> tile(c);
+  std::vector<acc_t> g(size_t(c) * kTile);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / nch, ch = task % nch;
+    const scalar_t* xb = x + b * c * m;
+    const label_t* lb = lab + b * m;
+    scalar_t* ob = out + b * c * m;
+    const acc_t* gsb = gs + b * c * S;
+    const acc_t* gxb = gx + b * c;
+    const int64_t m1 = std::min(m, (ch + 1) * kChunk);
+    for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
+      const int64_t len = std::min(kTile, m1 - m0);
+      tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
+      acc_t dot[kTile], gce[kTile];
+      for (int64_t t = 0; t < len; ++t) {
+        dot[t] = acc_t(0);
+        gce[t] = gxb[tile.lbl[t]] * tile.vf[t];
+      }
+      for (int64_t k = 0; k < c; ++k) {
+        const acc_t* ek = tile.e.data() + k * kTile;
+        acc_t* gk = g.data() + k * kTile;
+        const acc_t gp = gsb[k * S + 0], ga = gsb[k * S + 2];
         for (int64_t t = 0; t < len; ++t) {
-          if (!tile.valid[t]) continue;
-          const int64_t l = tile.lbl[t];
-          acc[l * W + 3] += tile.lse[t] - acc_t(xb[l * m + m0 + t]);  // -log softmax_l
+          const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+          const acc_t u = ek[t] - tv;
+          const acc_t v = gp + ga * (u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0)));
+          gk[t] = v;
+          dot[t] += ek[t] * v;
+        }
+      }
+      for (int64_t k = 0; k < c; ++k) {
+        const acc_t* ek = tile.e.data() + k * kTile;
+        const acc_t* gk = g.data() + k * kTile;
+        scalar_t* orow = ob + k * m + m0;
+        if (!focal.on) {
+          for (int64_t t = 0; t < len; ++t) {
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
+            const acc_t d = ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+            orow[t] = scalar_t(d);
+          }
+        } else {  // plus the one-vs-rest focal term's gradient
+          const acc_t gf = gsb[k * S + 3];
+          const scalar_t* row = xb + k * m + m0;
+          with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
+            constexpr int GI = decltype(g)::value;
+            for (int64_t t = 0; t < len; ++t) {
+              const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+              acc_t dfdx;
+              focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &dfdx);
+              const acc_t d = (ek[t] * (gk[t] - dot[t]) + gf * dfdx) * tile.vf[t] +
+                              gce[t] * (ek[t] - tv);
+              orow[t] = scalar_t(d);
+            }
+          });
         }
       }
     }
-  });
+  }
 }
 
 template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
                     scalar_t* out, BadLabel& bad, const Focal& focal) {
-  // gs: [N, C, S] (dL/dP, dL/dT, dL/dA[, dL/dF, dL/dK]); gx: [N, C] (dL/dX)
-  const int64_t S = focal.stats();
-  const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   const int64_t nch = (m + kChunk - 1) / kChunk;
   at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
-    Tile<scalar_t, label_t> tile(c);
-    std::vector<acc_t> g(size_t(c) * kTile);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nch, ch = task % nch;
-      const scalar_t* xb = x + b * c * m;
-      const label_t* lb = lab + b * m;
-      scalar_t* ob = out + b * c * m;
-      const acc_t* gsb = gs + b * c * S;
-      const acc_t* gxb = gx + b * c;
-      const int64_t m1 = std::min(m, (ch + 1) * kChunk);
-      for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
-        const int64_t len = std::min(kTile, m1 - m0);
-        tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
-        acc_t dot[kTile], gce[kTile];
-        for (int64_t t = 0; t < len; ++t) {
-          dot[t] = acc_t(0);
-          gce[t] = gxb[tile.lbl[t]] * tile.vf[t];
-        }
-        for (int64_t k = 0; k < c; ++k) {
-          const acc_t* ek = tile.e.data() + k * kTile;
-          acc_t* gk = g.data() + k * kTile;
-          const acc_t gp = gsb[k * S + 0], ga = gsb[k * S + 2];
-          for (int64_t t = 0; t < len; ++t) {
-            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-            const acc_t u = ek[t] - tv;
-            const acc_t v = gp + ga * (u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0)));
-            gk[t] = v;
-            dot[t] += ek[t] * v;
-          }
-        }
-        for (int64_t k = 0; k < c; ++k) {
-          const acc_t* ek = tile.e.data() + k * kTile;
-          const acc_t* gk = g.data() + k * kTile;
-          scalar_t* orow = ob + k * m + m0;
-          if (!focal.on) {
-            for (int64_t t = 0; t < len; ++t) {
-              const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-              // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
-              const acc_t d = ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
-              orow[t] = scalar_t(d);
-            }
-          } else {  // plus the one-vs-rest focal term's gradient
-            const acc_t gf = gsb[k * S + 3];
-            const scalar_t* row = xb + k * m + m0;
-            with_focal_gamma(focal.gamma, [&](auto g) {
-              constexpr int GI = decltype(g)::value;
-              for (int64_t t = 0; t < len; ++t) {
-                const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-                acc_t dfdx;
-                focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &dfdx);
-                const acc_t d = (ek[t] * (gk[t] - dot[t]) + gf * dfdx) * tile.vf[t] +
-                                gce[t] * (ek[t] - tv);
-                orow[t] = scalar_t(d);
-              }
-            });
-          }
-        }
-      }
-    }
+    multiclass_bwd_range<scalar_t, label_t>(x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal,
+                                            begin, end);
   });
 }
 
@@ -380,92 +399,143 @@ struct SigmoidElem {
   }
 };
 
+// Tasks [begin, end) of sigmoid_fwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
 template <typename scalar_t, typename target_t>
-void sigmoid_fwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
-                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal) {
+FGL_CPU_MULTIVERSION void sigmoid_fwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
+                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal, int64_t begin, int64_t end) {
   using acc_t = acc_type_t<scalar_t>;
   // part: [rows, nch, W] (P, T, A, X[, F, K])
   const int64_t W = focal.part();
   const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
-  at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / nch, ch = task % nch;
-      const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
-      const scalar_t* xr = x + r * m;
-      const target_t* tr = tg + r * m;
-      // tiles of kTile elements: an elementwise loop (vectorizes: no reductions, no branches)
-      // into pk, tk, bk, then kLanes independent partial sums of them; an ignored element
-      // enters with keep = 0
-      acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {};
-      acc_t pk[kTile], tk[kTile], bk[kTile];
-      for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
-        const int64_t len = std::min(kTile, m1 - j0);
-        for (int64_t j = 0; j < len; ++j) {
-          const acc_t t = acc_t(tr[j0 + j]);
-          const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
-          const SigmoidElem<acc_t> e(acc_t(xr[j0 + j]), t * keep);
-          pk[j] = e.p * keep;
-          tk[j] = t * keep;
-          bk[j] = e.bce * keep;
-        }
-        int64_t j = 0;
-        for (; j + kLanes <= len; j += kLanes) {
-          for (int q = 0; q < kLanes; ++q) {
-            P[q] += pk[j + q];
-            T[q] += tk[j + q];
-            A[q] += std::fabs(pk[j + q] - tk[j + q]);
-            X[q] += bk[j + q];
-          }
-        }
-        for (; j < len; ++j) {
-          P[0] += pk[j];
-          T[0] += tk[j];
-          A[0] += std::fabs(pk[j] - tk[j]);
-          X[0] += bk[j];
-        }
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t r = task / nch, ch = task % nch;
+    const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
+    const scalar_t* xr = x + r * m;
+    const target_t* tr = tg + r * m;
+    // tiles of kTile elements: an elementwise loop (vectorizes: no reductions, no branches)
+    // into pk, tk, bk, then kLanes independent partial sums of them; an ignored element
+    // enters with keep = 0
+    acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {};
+    acc_t pk[kTile], tk[kTile], bk[kTile];
+    for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
+      const int64_t len = std::min(kTile, m1 - j0);
+      for (int64_t j = 0; j < len; ++j) {
+        const acc_t t = acc_t(tr[j0 + j]);
+        const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+        const SigmoidElem<acc_t> e(acc_t(xr[j0 + j]), t * keep);
+        pk[j] = e.p * keep;
+        tk[j] = t * keep;
+        bk[j] = e.bce * keep;
       }
-      double* acc = part.data() + task * W;
-      for (int k = 0; k < 4; ++k) acc[k] = 0.0;
-      for (int q = 0; q < kLanes; ++q) {
-        acc[0] += P[q];
-        acc[1] += T[q];
-        acc[2] += A[q];
-        acc[3] += X[q];
-      }
-      if (focal.on) {
-        acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
-        with_focal_gamma(focal.gamma, [&](auto g) {
-          constexpr int GI = decltype(g)::value;
-          for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
-            const int64_t len = std::min(kTile, m1 - j0);
-            for (int64_t j = 0; j < len; ++j) {
-              const acc_t t = acc_t(tr[j0 + j]);
-              const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
-              acc_t unused;
-              bk[j] = keep * focal_elem<GI>(acc_t(xr[j0 + j]), t * keep, fg, fa, &unused);
-              tk[j] = keep;
-            }
-            int64_t j = 0;
-            for (; j + kLanes <= len; j += kLanes) {
-              for (int q = 0; q < kLanes; ++q) {
-                Fs[q] += bk[j + q];
-                Ks[q] += tk[j + q];
-              }
-            }
-            for (; j < len; ++j) {
-              Fs[0] += bk[j];
-              Ks[0] += tk[j];
-            }
-          }
-        });
-        acc[4] = acc[5] = 0.0;
+      int64_t j = 0;
+      for (; j + kLanes <= len; j += kLanes) {
         for (int q = 0; q < kLanes; ++q) {
-          acc[4] += Fs[q];
-          acc[5] += Ks[q];
+          P[q] += pk[j + q];
+          T[q] += tk[j + q];
+          A[q] += std::fabs(pk[j + q] - tk[j + q]);
+          X[q] += bk[j + q];
         }
+      }
+      for (; j < len; ++j) {
+        P[0] += pk[j];
+        T[0] += tk[j];
+        A[0] += std::fabs(pk[j] - tk[j]);
+        X[0] += bk[j];
       }
     }
+    double* acc = part.data() + task * W;
+    for (int k = 0; k < 4; ++k) acc[k] = 0.0;
+    for (int q = 0; q < kLanes; ++q) {
+      acc[0] += P[q];
+      acc[1] += T[q];
+      acc[2] += A[q];
+      acc[3] += X[q];
+    }
+    if (focal.on) {
+      acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
+      with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
+        constexpr int GI = decltype(g)::value;
+        for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
+          const int64_t len = std::min(kTile, m1 - j0);
+          for (int64_t j = 0; j < len; ++j) {
+            const acc_t t = acc_t(tr[j0 + j]);
+            const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+            acc_t unused;
+            bk[j] = keep * focal_elem<GI>(acc_t(xr[j0 + j]), t * keep, fg, fa, &unused);
+            tk[j] = keep;
+          }
+          int64_t j = 0;
+          for (; j + kLanes <= len; j += kLanes) {
+            for (int q = 0; q < kLanes; ++q) {
+              Fs[q] += bk[j + q];
+              Ks[q] += tk[j + q];
+            }
+          }
+          for (; j < len; ++j) {
+            Fs[0] += bk[j];
+            Ks[0] += tk[j];
+          }
+        }
+      });
+      acc[4] = acc[5] = 0.0;
+      for (int q = 0; q < kLanes; ++q) {
+        acc[4] += Fs[q];
+        acc[5] += Ks[q];
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename target_t>
+void sigmoid_fwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
+                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal) {
+  at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
+    sigmoid_fwd_range<scalar_t, target_t>(x, tg, rows, m, has_ignore, ignore, part, nch, focal, begin, end);
   });
+}
+
+// Tasks [begin, end) of sigmoid_bwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
+template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>
+FGL_CPU_MULTIVERSION void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
+                 double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out,
+                 const Focal& focal, int64_t begin, int64_t end) {
+  const int64_t nch = (m + kChunk - 1) / kChunk;
+  const int64_t S = focal.stats();
+  const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t r = task / nch, ch = task % nch;
+    const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
+    const acc_t gp = gs[r * S + 0], ga = gs[r * S + 2], gce = gx[r];
+    const scalar_t* xr = x + r * m;
+    const target_t* tr = tg + r * m;
+    scalar_t* orow = out + r * m;
+    auto grad = [&](int64_t j, acc_t& keep, acc_t& tk) __attribute__((always_inline)) {
+      const acc_t t = acc_t(tr[j]);
+      keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+      tk = t * keep;
+      const SigmoidElem<acc_t> s(acc_t(xr[j]), tk);
+      const acc_t u = s.p - tk;
+      const acc_t sg = u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0));
+      return keep * ((gp + ga * sg) * s.dp + gce * u);
+    };
+    if (!focal.on) {
+      for (int64_t j = m0; j < m1; ++j) {
+        acc_t keep, tk;
+        orow[j] = scalar_t(grad(j, keep, tk));
+      }
+    } else {
+      const acc_t gf = gs[r * S + 3];
+      with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
+        constexpr int GI = decltype(g)::value;
+        for (int64_t j = m0; j < m1; ++j) {
+          acc_t keep, tk, dfdx;
+          const acc_t d = grad(j, keep, tk);
+          focal_elem<GI>(acc_t(xr[j]), tk, fg, fa, &dfdx);
+          orow[j] = scalar_t(d + keep * gf * dfdx);
+        }
+      });
+    }
+  }
 }
 
 template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>
@@ -473,43 +543,8 @@ void sigmoid_bwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m,
                  double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out,
                  const Focal& focal) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
-  const int64_t S = focal.stats();
-  const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / nch, ch = task % nch;
-      const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
-      const acc_t gp = gs[r * S + 0], ga = gs[r * S + 2], gce = gx[r];
-      const scalar_t* xr = x + r * m;
-      const target_t* tr = tg + r * m;
-      scalar_t* orow = out + r * m;
-      auto grad = [&](int64_t j, acc_t& keep, acc_t& tk) __attribute__((always_inline)) {
-        const acc_t t = acc_t(tr[j]);
-        keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
-        tk = t * keep;
-        const SigmoidElem<acc_t> s(acc_t(xr[j]), tk);
-        const acc_t u = s.p - tk;
-        const acc_t sg = u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0));
-        return keep * ((gp + ga * sg) * s.dp + gce * u);
-      };
-      if (!focal.on) {
-        for (int64_t j = m0; j < m1; ++j) {
-          acc_t keep, tk;
-          orow[j] = scalar_t(grad(j, keep, tk));
-        }
-      } else {
-        const acc_t gf = gs[r * S + 3];
-        with_focal_gamma(focal.gamma, [&](auto g) {
-          constexpr int GI = decltype(g)::value;
-          for (int64_t j = m0; j < m1; ++j) {
-            acc_t keep, tk, dfdx;
-            const acc_t d = grad(j, keep, tk);
-            focal_elem<GI>(acc_t(xr[j]), tk, fg, fa, &dfdx);
-            orow[j] = scalar_t(d + keep * gf * dfdx);
-          }
-        });
-      }
-    }
+    sigmoid_bwd_range<scalar_t, target_t>(x, tg, rows, m, has_ignore, ignore, gs, gx, out, focal, begin, end);
   });
 }
 
