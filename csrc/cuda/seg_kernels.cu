@@ -68,6 +68,31 @@ __device__ __forceinline__ void block_sums(acc_t (&v)[kW]) {
   __syncthreads();
 }
 
+// One element's share of the statistics: P, T, A, the cross-entropy X[, focal F, kept K].
+template <bool kFocal, typename acc_t, int W>
+__device__ __forceinline__ void add_stats(acc_t (&v)[W], acc_t p, acc_t t, acc_t ce, acc_t xv,
+                                          acc_t gamma, acc_t alpha) {
+  v[0] += p;
+  v[1] += t;
+  v[2] += fabs(p - t);
+  v[3] += ce;
+  if constexpr (kFocal) {
+    acc_t unused;
+    v[4] += focal_dev(xv, t, gamma, alpha, &unused);
+    v[5] += acc_t(1);
+  }
+}
+
+// The block's sums of v, written by thread 0 to dst[0, W).
+template <typename acc_t, int W>
+__device__ __forceinline__ void store_block_sums(acc_t (&v)[W], acc_t* dst) {
+  block_sums<acc_t, W>(v);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int q = 0; q < W; ++q) dst[q] = v[q];
+  }
+}
+
 __device__ __forceinline__ void report_bad(unsigned long long* bad, int64_t value) {
   if (atomicCAS(bad, 0ull, 1ull) == 0ull) bad[1] = static_cast<unsigned long long>(value);
 }
@@ -132,22 +157,12 @@ seg_mc_fwd_kernel(const T* __restrict__ x, const L* __restrict__ lab, int64_t c,
       if (st.lbl[i] < 0) continue;  // beyond the row, ignored or invalid: counts nowhere
       const acc_t xv = to_acc(xb[k * m + st.pos[i]]);
       const acc_t p = dexp(xv - st.mx[i]) * st.inv[i];
-      const acc_t tv = st.lbl[i] == int(k) ? acc_t(1) : acc_t(0);
-      v[0] += p;
-      v[1] += tv;
-      v[2] += fabs(p - tv);
-      if (st.lbl[i] == int(k)) v[3] += st.lse[i] - xv;  // -log softmax at the label
-      if constexpr (kFocal) {
-        acc_t unused;
-        v[4] += focal_dev(xv, tv, gamma, alpha, &unused);
-        v[5] += acc_t(1);
-      }
+      const bool hit = st.lbl[i] == int(k);
+      // the cross-entropy, -log softmax at the label, is credited to the label's class
+      add_stats<kFocal>(v, p, hit ? acc_t(1) : acc_t(0), hit ? st.lse[i] - xv : acc_t(0), xv,
+                        gamma, alpha);
     }
-    block_sums<acc_t, W>(v);
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int q = 0; q < W; ++q) out[k * W + q] = v[q];
-    }
+    store_block_sums(v, out + k * W);
   }
 }
 
@@ -220,22 +235,9 @@ seg_sig_fwd_kernel(const T* __restrict__ x, const T* __restrict__ tg, int64_t m,
     const acc_t t = to_acc(tr[j]);
     if (has_ignore && t == ig) continue;
     const acc_t xv = to_acc(xr[j]);
-    const acc_t p = seg_sigmoid(xv);
-    v[0] += p;
-    v[1] += t;
-    v[2] += fabs(p - t);
-    v[3] += seg_bce_with_logits(xv, t);
-    if constexpr (kFocal) {
-      acc_t unused;
-      v[4] += focal_dev(xv, t, gamma, alpha, &unused);
-      v[5] += acc_t(1);
-    }
+    add_stats<kFocal>(v, seg_sigmoid(xv), t, seg_bce_with_logits(xv, t), xv, gamma, alpha);
   }
-  block_sums<acc_t, W>(v);
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int q = 0; q < W; ++q) part[blockIdx.x * W + q] = v[q];
-  }
+  store_block_sums(v, part + blockIdx.x * W);
 }
 
 template <typename T, bool kFocal>

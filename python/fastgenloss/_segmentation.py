@@ -194,46 +194,44 @@ def _from_stats(stats: Tensor, *, alpha: float, beta: float, smooth: float, eps:
     return loss * (T > 0).to(loss.dtype)
 
 
-def _aggregate(loss: Tensor, classes, class_weights, reduction: str, fn: str) -> Tensor:
+def _select(loss: Tensor, classes, class_weights, fn: str):
+    """(the losses of ``classes`` only, their class weights or None)."""
     c = loss.shape[-1]
     idx = None
     if classes is not None:
         idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device).reshape(-1)
         if idx.numel() and (int(idx.min()) < -c or int(idx.max()) >= c):
             raise ValueError(f"{fn}: classes must index the {c} channels, got {list(idx.tolist())}")
-        loss = loss.index_select(-1, idx % c)
-    if reduction == "none":
-        return loss
-    if class_weights is not None:
-        w = torch.as_tensor(class_weights, dtype=loss.dtype, device=loss.device).reshape(-1)
-        if w.numel() != c:
-            raise ValueError(f"{fn}: class_weights must have one weight per class ({c}), got "
-                             f"{w.numel()}")
-        if idx is not None:
-            w = w.index_select(0, idx % c)
-        w = w.expand_as(loss)
-        total = (loss * w).sum()
-        return total / w.sum() if reduction == "mean" else total
-    return loss.mean() if reduction == "mean" else loss.sum()
-
-
-def _weighted_sums(loss: Tensor, classes, class_weights, fn: str):
-    """(sum of loss x weight, sum of weight) over the entries _aggregate would average."""
-    c = loss.shape[-1]
+        idx = idx % c
+        loss = loss.index_select(-1, idx)
     w = None
     if class_weights is not None:
         w = torch.as_tensor(class_weights, dtype=loss.dtype, device=loss.device).reshape(-1)
         if w.numel() != c:
             raise ValueError(f"{fn}: class_weights must have one weight per class ({c}), got "
                              f"{w.numel()}")
-    if classes is not None:
-        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device).reshape(-1) % c
-        loss = loss.index_select(-1, idx)
-        w = w.index_select(0, idx) if w is not None else None
+        if idx is not None:
+            w = w.index_select(0, idx)
+    return loss, w
+
+
+def _weighted_sums(loss: Tensor, classes, class_weights, fn: str):
+    """(sum of loss x weight, sum of weight) over the entries _aggregate averages."""
+    loss, w = _select(loss, classes, class_weights, fn)
     if w is None:
         return loss.sum(), loss.new_tensor(float(loss.numel()))
     w = w.expand_as(loss)
     return (loss * w).sum(), w.sum()
+
+
+def _aggregate(loss: Tensor, classes, class_weights, reduction: str, fn: str) -> Tensor:
+    if reduction == "none":
+        return _select(loss, classes, None, fn)[0]
+    if class_weights is None:
+        loss = _select(loss, classes, None, fn)[0]
+        return loss.mean() if reduction == "mean" else loss.sum()
+    total, wsum = _weighted_sums(loss, classes, class_weights, fn)
+    return total / wsum if reduction == "mean" else total
 
 
 def _focal_from_stats(stats: Tensor, mode: str, class_weights, reduction: str) -> Tensor:
