@@ -150,11 +150,14 @@ void check_args(const at::Tensor& input, const at::Tensor& target, int64_t mode)
 
 // ---- multiclass: softmax over C -------------------------------------------------------------
 
-// One tile of positions [m0, m0 + len) of sample b: the softmax (into e, [C, kTile]), and per
-// position the label, whether it counts, log of the softmax denominator plus the max.
+// One tile of positions [m0, m0 + len) of sample b: its logits gathered into raw ([C, kTile],
+// from class rows of [N, C, M] memory, or transposed from the [N, M, C] memory of channels_last
+// logits), the softmax (into e, [C, kTile]), and per position the label, whether it counts, log
+// of the softmax denominator plus the max.
 template <typename scalar_t, typename label_t>
 struct Tile {
   using acc_t = acc_type_t<scalar_t>;
+  std::vector<acc_t> raw;  // [C][kTile] logits
   std::vector<acc_t> e;  // [C][kTile] softmax probabilities
   acc_t lse[kTile];      // max + log(sum exp)
   int64_t lbl[kTile];
@@ -162,25 +165,52 @@ struct Tile {
   acc_t vf[kTile];       // valid as 1 / 0
   int32_t lbl32[kTile];  // the label where valid, else -1
 
-  explicit Tile(int64_t c) : e(size_t(c) * kTile) {}
+  explicit Tile(int64_t c) : raw(size_t(c) * kTile), e(size_t(c) * kTile) {}
+
+  // the logits of class k at the tile's positions: in place for float / double [N, C, M]
+  // memory, else gathered (converted, or transposed from [N, M, C]) into raw
+  const acc_t* base = nullptr;
+  int64_t kstride = kTile;
+  FGL_SEG_INLINE const acc_t* logits(int64_t k) const { return base + k * kstride; }
 
   FGL_SEG_INLINE void load(const scalar_t* x, const label_t* lab, int64_t c, int64_t m, int64_t m0, int64_t len,
-            bool has_ignore, int64_t ignore, BadLabel& bad) {
+            bool has_ignore, int64_t ignore, BadLabel& bad, bool nhwc) {
+    if (nhwc) {
+      base = raw.data();
+      kstride = kTile;
+      for (int64_t t = 0; t < len; ++t) {
+        const scalar_t* px = x + (m0 + t) * c;
+        for (int64_t k = 0; k < c; ++k) raw[k * kTile + t] = acc_t(px[k]);
+      }
+    } else {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        base = x + m0;
+        kstride = m;
+      } else {
+        base = raw.data();
+        kstride = kTile;
+        for (int64_t k = 0; k < c; ++k) {
+          const scalar_t* row = x + k * m + m0;
+          acc_t* rk = raw.data() + k * kTile;
+          for (int64_t t = 0; t < len; ++t) rk[t] = acc_t(row[t]);
+        }
+      }
+    }
     acc_t mx[kTile], s[kTile];
     for (int64_t t = 0; t < len; ++t) mx[t] = -std::numeric_limits<acc_t>::infinity();
     for (int64_t k = 0; k < c; ++k) {
-      const scalar_t* row = x + k * m + m0;
+      const acc_t* row = logits(k);
       for (int64_t t = 0; t < len; ++t) {
-        const acc_t v = acc_t(row[t]);
+        const acc_t v = row[t];
         mx[t] = v > mx[t] ? v : mx[t];
       }
     }
     for (int64_t t = 0; t < len; ++t) s[t] = 0.f;
     for (int64_t k = 0; k < c; ++k) {
-      const scalar_t* row = x + k * m + m0;
+      const acc_t* row = logits(k);
       acc_t* ek = e.data() + k * kTile;
       for (int64_t t = 0; t < len; ++t) {
-        ek[t] = exp_vec(acc_t(row[t]) - mx[t]);
+        ek[t] = exp_vec(row[t] - mx[t]);
         s[t] += ek[t];
       }
     }
@@ -210,7 +240,7 @@ struct Tile {
 template <typename scalar_t, typename label_t>
 FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
-                    BadLabel& bad, const Focal& focal, int64_t begin, int64_t end) {
+                    BadLabel& bad, const Focal& focal, bool nhwc, int64_t begin, int64_t end) {
   using acc_t = acc_type_t<scalar_t>;
   // part: [N, nch, C, W] (P, T, A, X[, F, K])
   const int64_t W = focal.part();
@@ -225,7 +255,7 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
     const int64_t m1 = std::min(m, (ch + 1) * kChunk);
     for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
       const int64_t len = std::min(kTile, m1 - m0);
-      tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
+      tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad, nhwc);
       for (int64_t k = 0; k < c; ++k) {
         const acc_t* ek = tile.e.data() + k * kTile;
         // kLanes independent partial sums: vectorizable without reassociation
@@ -253,7 +283,7 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
           acc[k * W + 2] += A[q];
         }
         if (focal.on) {  // one-vs-rest sigmoid focal term of class k
-          const scalar_t* row = xb + k * m + m0;
+          const acc_t* row = tile.logits(k);
           acc_t fk[kTile];
           with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
             constexpr int GI = decltype(g)::value;
@@ -284,7 +314,7 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
       for (int64_t t = 0; t < len; ++t) {
         if (!tile.valid[t]) continue;
         const int64_t l = tile.lbl[t];
-        acc[l * W + 3] += tile.lse[t] - acc_t(xb[l * m + m0 + t]);  // -log softmax_l
+        acc[l * W + 3] += tile.lse[t] - tile.logits(l)[t];  // -log softmax_l
       }
     }
   }
@@ -293,10 +323,10 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
 template <typename scalar_t, typename label_t>
 void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
-                    BadLabel& bad, const Focal& focal) {
+                    BadLabel& bad, const Focal& focal, bool nhwc) {
   at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
     multiclass_fwd_range<scalar_t, label_t>(x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal,
-                                            begin, end);
+                                            nhwc, begin, end);
   });
 }
 
@@ -304,7 +334,8 @@ void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
 template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
-                    scalar_t* out, BadLabel& bad, const Focal& focal, int64_t begin, int64_t end) {
+                    scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc, int64_t begin,
+                    int64_t end) {
   // gs: [N, C, S] (dL/dP, dL/dT, dL/dA[, dL/dF, dL/dK]); gx: [N, C] (dL/dX)
   const int64_t S = focal.stats();
   const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
@@ -321,7 +352,7 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
     const int64_t m1 = std::min(m, (ch + 1) * kChunk);
     for (int64_t m0 = ch * kChunk; m0 < m1; m0 += kTile) {
       const int64_t len = std::min(kTile, m1 - m0);
-      tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad);
+      tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad, nhwc);
       acc_t dot[kTile], gce[kTile];
       for (int64_t t = 0; t < len; ++t) {
         dot[t] = acc_t(0);
@@ -339,31 +370,46 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
           dot[t] += ek[t] * v;
         }
       }
+      // the gradient of class k's row: into the output's row (NCHW), or back into g (NHWC:
+      // written out transposed below)
       for (int64_t k = 0; k < c; ++k) {
         const acc_t* ek = tile.e.data() + k * kTile;
-        const acc_t* gk = g.data() + k * kTile;
+        acc_t* gk = g.data() + k * kTile;
         scalar_t* orow = ob + k * m + m0;
         if (!focal.on) {
-          for (int64_t t = 0; t < len; ++t) {
+          auto grad = [&](int64_t t) __attribute__((always_inline)) {
             const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
             // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
-            const acc_t d = ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
-            orow[t] = scalar_t(d);
+            return ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+          };
+          if (!nhwc) {
+            for (int64_t t = 0; t < len; ++t) orow[t] = scalar_t(grad(t));
+          } else {
+            for (int64_t t = 0; t < len; ++t) gk[t] = grad(t);
           }
         } else {  // plus the one-vs-rest focal term's gradient
           const acc_t gf = gsb[k * S + 3];
-          const scalar_t* row = xb + k * m + m0;
+          const acc_t* row = tile.logits(k);
           with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
             constexpr int GI = decltype(g)::value;
-            for (int64_t t = 0; t < len; ++t) {
+            auto grad = [&](int64_t t) __attribute__((always_inline)) {
               const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
               acc_t dfdx;
-              focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &dfdx);
-              const acc_t d = (ek[t] * (gk[t] - dot[t]) + gf * dfdx) * tile.vf[t] +
-                              gce[t] * (ek[t] - tv);
-              orow[t] = scalar_t(d);
+              focal_elem<GI>(row[t], tv, fg, fa, &dfdx);
+              return (ek[t] * (gk[t] - dot[t]) + gf * dfdx) * tile.vf[t] + gce[t] * (ek[t] - tv);
+            };
+            if (!nhwc) {
+              for (int64_t t = 0; t < len; ++t) orow[t] = scalar_t(grad(t));
+            } else {
+              for (int64_t t = 0; t < len; ++t) gk[t] = grad(t);
             }
           });
+        }
+      }
+      if (nhwc) {
+        for (int64_t t = 0; t < len; ++t) {
+          scalar_t* po = ob + (m0 + t) * c;
+          for (int64_t k = 0; k < c; ++k) po[k] = scalar_t(g[k * kTile + t]);
         }
       }
     }
@@ -373,11 +419,11 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
 template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
-                    scalar_t* out, BadLabel& bad, const Focal& focal) {
+                    scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
   at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
     multiclass_bwd_range<scalar_t, label_t>(x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal,
-                                            begin, end);
+                                            nhwc, begin, end);
   });
 }
 
@@ -546,6 +592,16 @@ void sigmoid_bwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m,
   });
 }
 
+// [N, C, M] logits whose memory is [N, M, C] (a channels_last tensor viewed as [N, C, M], as
+// the Python side passes it): read in place, no contiguous copy. The gradient gets the same
+// layout (empty_like keeps a dense permutation's strides).
+bool channels_last_view(const at::Tensor& x) {
+  if (x.is_contiguous()) return false;
+  const int64_t c = x.size(1), m = x.size(2);
+  return (x.stride(1) == 1 || c == 1) && (x.stride(2) == c || m == 1) &&
+         (x.stride(0) == c * m || x.size(0) == 1);
+}
+
 void raise_bad_label(const BadLabel& bad, int64_t c, bool has_ignore, int64_t ignore) {
   if (!bad.seen.load()) return;
   if (has_ignore) {
@@ -566,7 +622,8 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const
   check_args(input_, target_, mode);
   const Focal focal{focal_gamma >= 0.0, focal_gamma, focal_alpha};
   const int64_t W = focal.part(), S = focal.stats();
-  const at::Tensor input = input_.contiguous(), target = target_.contiguous();
+  const bool nhwc = mode == kSegMulticlass && channels_last_view(input_);
+  const at::Tensor input = nhwc ? input_ : input_.contiguous(), target = target_.contiguous();
   const int64_t n = input.size(0), c = input.size(1), m = input.size(2);
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t nch = std::max<int64_t>(1, (m + kChunk - 1) / kChunk);
@@ -581,7 +638,7 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const
           using label_t = decltype(tag);
           multiclass_fwd<scalar_t_, label_t>(input.data_ptr<scalar_t_>(), target.data_ptr<label_t>(),
                                              n, c, m, has_ignore, ignore_index, part, nch, bad,
-                                             focal);
+                                             focal, nhwc);
         });
       } else {
         const at::Tensor t = target.scalar_type() == input.scalar_type() ? target : target.to(input.scalar_type());
@@ -618,7 +675,8 @@ at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& gra
                              double focal_alpha) {
   check_args(input_, target_, mode);
   const Focal focal{focal_gamma >= 0.0, focal_gamma, focal_alpha};
-  const at::Tensor input = input_.contiguous(), target = target_.contiguous();
+  const bool nhwc = mode == kSegMulticlass && channels_last_view(input_);
+  const at::Tensor input = nhwc ? input_ : input_.contiguous(), target = target_.contiguous();
   const int64_t n = input.size(0), c = input.size(1), m = input.size(2);
   TORCH_CHECK(grad_stats.sizes() == at::IntArrayRef({n, c, focal.stats()}) &&
                   grad_xent.sizes() == at::IntArrayRef({n, c}),
@@ -638,7 +696,7 @@ at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& gra
           multiclass_bwd<scalar_t_, label_t>(input.data_ptr<scalar_t_>(), target.data_ptr<label_t>(),
                                              n, c, m, has_ignore, ignore_index, gs.data_ptr<acc_type_t<scalar_t_>>(),
                                              gx.data_ptr<acc_type_t<scalar_t_>>(), out.data_ptr<scalar_t_>(), bad,
-                                             focal);
+                                             focal, nhwc);
         });
       } else {
         const at::Tensor t = target.scalar_type() == input.scalar_type() ? target : target.to(input.scalar_type());

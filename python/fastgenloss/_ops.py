@@ -620,6 +620,13 @@ def _seg_stats_fake(input, target, mode, has_ignore, ignore_index, focal_gamma=-
 @torch.library.register_fake("fastgenloss::seg_stats_bwd")
 def _seg_stats_bwd_fake(grad_stats, grad_xent, input, target, mode, has_ignore, ignore_index,
                         focal_gamma=-1.0, focal_alpha=-1.0):
+    # as the kernels: multiclass logits in [N, M, C] memory (channels_last viewed as [N, C, M])
+    # are read in place and the gradient keeps their layout; anything else is made contiguous
+    n, c, m = input.shape
+    if (mode == SEG_MULTICLASS and input.device.type == "cpu" and not input.is_contiguous()
+            and (input.stride(1) == 1 or c == 1) and (input.stride(2) == c or m == 1)
+            and (input.stride(0) == c * m or n == 1)):
+        return torch.empty((n, m, c), dtype=input.dtype, device=input.device).transpose(1, 2)
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
 

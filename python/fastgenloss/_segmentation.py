@@ -70,12 +70,12 @@ def _check(fn: str, input: Tensor, target: Tensor, mode: str):
         raise ValueError(f"{fn}: mode='multiclass' needs C >= 2 classes, got {_desc(input)} "
                          "(use mode='binary' for one channel)")
     m = math.prod(spatial)
-    x = input.reshape(n, c, m)
     if mode == "multiclass" and target.dtype in _INT_LABELS:
         if tuple(target.shape) != (n, *spatial):
             raise ValueError(f"{fn}: multiclass labels must be [N, *spatial] = {[n, *spatial]}, "
                              f"got target {_desc(target)} for input {_desc(input)}")
-        return x, target.reshape(n, m), MODES[mode], True
+        return _class_rows(input, n, c, m), target.reshape(n, m), MODES[mode], True
+    x = input.reshape(n, c, m)
     if target.dtype == torch.bool or target.dtype in _INT_LABELS and mode != "multiclass":
         target = target.to(input.dtype)
     if not target.is_floating_point():
@@ -98,6 +98,25 @@ CUDA_KERNEL = os.environ.get("FASTGENLOSS_SEG_CUDA_KERNEL", "0") == "1"
 
 def cuda_kernel_enabled() -> bool:
     return CUDA_KERNEL
+
+
+def _channels_last(x: Tensor) -> bool:
+    fmt = torch.channels_last if x.dim() == 4 else (torch.channels_last_3d if x.dim() == 5 else None)
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+def _class_rows(input: Tensor, n: int, c: int, m: int) -> Tensor:
+    """input as [N, C, M]; channels_last logits as a view of their [N, M, C] memory (the
+    multiclass kernel reads that layout in place: no copy of the logits)."""
+    if _channels_last(input):
+        return input.movedim(1, -1).reshape(n, m, c).transpose(1, 2)
+    return input.reshape(n, c, m)
+
+
+def _is_nhwc_view(x: Tensor) -> bool:
+    n, c, m = x.shape
+    return (not x.is_contiguous() and (x.stride(1) == 1 or c == 1) and (x.stride(2) == c or m == 1)
+            and (x.stride(0) == c * m or n == 1))
 
 
 def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: bool,
@@ -168,7 +187,8 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
     if not kernel:
         return _torch_stats(x, t, code, labels, from_logits, ignore_index, eps, focal_gamma,
                             focal_alpha)
-    x = x.contiguous()
+    if not (code == SEG_MULTICLASS and _is_nhwc_view(x)):
+        x = x.contiguous()
     t = t.contiguous()
     fg = -1.0 if focal_gamma is None else float(focal_gamma)
     fa = -1.0 if focal_alpha is None else float(focal_alpha)
