@@ -8,6 +8,7 @@
 #   bash bench/gpu_session.sh bench    # pytest-benchmark on CUDA + report table (copy rate, % copy)
 #   bash bench/gpu_session.sh bench-diffusion   # the diffusion losses (64x4x64x64, 16x16x128x128)
 #   bash bench/gpu_session.sh bench-style       # Gram / style loss on VGG-19 feature shapes
+#   bash bench/gpu_session.sh bench-gram        # the same style shapes, hand-written Gram kernel on
 #   bash bench/gpu_session.sh bench-seg         # segmentation losses, CUDA kernel on (opt-in)
 #   bash bench/gpu_session.sh device-times      # device time and launches per step (torch.profiler)
 #   bash bench/gpu_session.sh main     # python -m fastgenloss on CUDA
@@ -18,7 +19,7 @@
 # --no-deps. Never run on zeros, never change the card's settings (see the device METHOD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_session.sh build|install DIR|test|bench|bench-diffusion|bench-style|bench-seg|device-times|main}
+stage=${1:?usage: gpu_session.sh build|install DIR|test|bench|bench-diffusion|bench-style|bench-gram|bench-seg|device-times|main}
 out=${OUT:-bench/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' || echo gpu)
@@ -83,6 +84,16 @@ case "$stage" in
       --benchmark-max-time=0.2 --benchmark-json="$tag-bench-style.json" 2>&1 | tail -3 | log
     python bench/report.py "$tag-bench-style.json" > "$tag-bench-style.md"
     grep -E "fwd\+bwd" "$tag-bench-style.md" | head -40
+    ;;
+  bench-gram)
+    # Gram / style with the hand-written CUDA Gram kernel switched on (opt-in until this stage
+    # and the test stage have validated it): compare with bench-style's cuBLAS table, shape by
+    # shape, to choose which shapes take it.
+    FGL_BENCH_DEVICE=cuda FASTGENLOSS_GRAM_CUDA_KERNEL=1 python -m pytest bench/bench_style.py -k test_style \
+      -q -p no:cacheprovider --benchmark-max-time=0.2 --benchmark-json="$tag-bench-gram.json" 2>&1 \
+      | tail -3 | log
+    python bench/report.py "$tag-bench-gram.json" > "$tag-bench-gram.md"
+    grep -E "fwd\+bwd" "$tag-bench-gram.md" | head -40
     ;;
   bench-seg)
     # The segmentation losses with the CUDA kernel switched on (opt-in until this stage and the

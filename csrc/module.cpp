@@ -4,10 +4,30 @@
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 
+#include "fastgenloss/gram_plan.h"
+#include "fastgenloss/style_cuda.h"
+
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastgenloss compiled kernels (ops are registered under torch.ops.fastgenloss)";
+  m.def("_gram_cuda_kernel", &fastgenloss::gram_cuda_kernel_enabled,
+        "Whether Gram / style forwards on CUDA run the hand-written kernel (else cuBLAS)");
+  m.def("_set_gram_cuda_kernel", &fastgenloss::set_gram_cuda_kernel_enabled, py::arg("enabled"),
+        "Switch the hand-written CUDA Gram kernel on or off (FASTGENLOSS_GRAM_CUDA_KERNEL=1 at import)");
+  // the CUDA Gram kernel's tile and split arithmetic, for the CPU tests (gram_plan.h)
+  m.def("_gram_plan", [](int64_t elem_bytes, int64_t n, int64_t c, int64_t l, int64_t operands,
+                         int64_t blocks_wanted) {
+    const auto p = fastgenloss::gram_splits(fastgenloss::gram_k_step(elem_bytes), n, c, l,
+                                            operands, blocks_wanted);
+    return py::make_tuple(p.splits, p.k_per_split);
+  });
+  m.def("_gram_tile_coords", [](int64_t t, int64_t nt) {
+    int64_t i = 0, j = 0;
+    fastgenloss::gram_tile_coords(t, nt, &i, &j);
+    return py::make_tuple(i, j);
+  });
+  m.def("_gram_tile_index", &fastgenloss::gram_tile_index);
   m.def("_native_build_info", []() {
     py::dict d;
     d["version"] = FGL_VERSION;

@@ -13,14 +13,33 @@
 // so fwd+bwd is two GEMMs where bmm + mse under autograd runs three, and nothing of size
 // [N, C, C] beyond D is kept. Registered as CompositeExplicitAutograd: one implementation for
 // every device (the GEMMs dispatch to the device's library).
+//
+// On CUDA, with the hand-written Gram kernel switched on (style_cuda.h), the Gram and the style
+// forward run it instead: tensor cores, the upper triangle only, split over L, D and sum(D^2)
+// in its epilogue; the backward GEMMs stay with cuBLAS.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "fastgenloss/pixel_math.h"  // reduction codes
+#include "fastgenloss/style_cuda.h"
 
 namespace fastgenloss {
+
+namespace {
+std::atomic<bool> g_gram_cuda_kernel{[] {
+  const char* e = std::getenv("FASTGENLOSS_GRAM_CUDA_KERNEL");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}()};
+}  // namespace
+
+bool gram_cuda_kernel_enabled() { return g_gram_cuda_kernel.load(std::memory_order_relaxed); }
+void set_gram_cuda_kernel_enabled(bool on) { g_gram_cuda_kernel.store(on, std::memory_order_relaxed); }
+
 namespace {
 
 constexpr const char* kOp = "fastgenloss::style";
@@ -87,6 +106,9 @@ void gram_into(at::Tensor& out, const at::Tensor& f3, double scale) {
 
 // scale * F F^T in F's dtype.
 at::Tensor gram_of(const at::Tensor& f3, double scale) {
+#ifdef FGL_WITH_CUDA
+  if (gram_cuda_takes(f3)) return gram_cuda(f3, scale);
+#endif
   if (cpu_half(f3)) return gram_of(f3.to(at::kFloat), scale).to(f3.scalar_type());
   const auto n = f3.size(0), c = f3.size(1);
   at::Tensor out = at::empty({n, c, c}, f3.options());
@@ -118,6 +140,15 @@ at::Tensor style_diff(const at::Tensor& x3, const at::Tensor& gy, double scale) 
   return gram_of(x3, scale).to(acc).sub_(gy.to(acc));
 }
 
+// The target features as [N, C, L] in the input's dtype, checked against the input.
+at::Tensor target_features(const at::Tensor& input3, const at::Tensor& target) {
+  const at::Tensor t3 = as_ncl(target, "target");
+  TORCH_CHECK(t3.size(0) == input3.size(0) && t3.size(1) == input3.size(1) &&
+                  t3.size(2) == input3.size(2),
+              kOp, ": target features ", target.sizes(), " must match input ", input3.sizes());
+  return t3.to(input3.scalar_type());
+}
+
 at::Tensor target_gram(const at::Tensor& input3, const at::Tensor& target, bool target_is_gram,
                        double scale) {
   const auto n = input3.size(0), c = input3.size(1);
@@ -131,10 +162,7 @@ at::Tensor target_gram(const at::Tensor& input3, const at::Tensor& target, bool 
                 "] or [", c, ", ", c, "], got ", target.sizes());
     return target.dim() == 2 ? target.unsqueeze(0) : target;
   }
-  const at::Tensor t3 = as_ncl(target, "target");
-  TORCH_CHECK(t3.size(0) == n && t3.size(1) == c && t3.size(2) == input3.size(2), kOp,
-              ": target features ", target.sizes(), " must match input ", input3.sizes());
-  return gram_of(t3.to(input3.scalar_type()), scale);
+  return gram_of(target_features(input3, target), scale);
 }
 
 double reduce_scale(int64_t reduction, int64_t count) {
@@ -165,6 +193,22 @@ std::tuple<at::Tensor, at::Tensor> style_fwd_impl(const at::Tensor& input, const
   const at::Tensor x3 = as_ncl(input, "input");
   TORCH_CHECK(target.device() == input.device(), kOp, ": target is on ", target.device(),
               " but input is on ", input.device());
+#ifdef FGL_WITH_CUDA
+  if (gram_cuda_takes(x3)) {
+    // one signed product over [F_x | F_y] (or F_x against the target Gram), D and sum(D^2) in
+    // the kernel's epilogue
+    at::Tensor d, sq;
+    if (target_is_gram) {
+      std::tie(d, sq) = style_diff_cuda(x3, at::Tensor(), target_gram(x3, target, true, scale), scale);
+    } else {
+      std::tie(d, sq) = style_diff_cuda(x3, target_features(x3, target), at::Tensor(), scale);
+    }
+    at::Tensor loss = reduction == kReduceNone ? d.square()
+                      : reduction == kReduceMean ? sq.div(double(d.numel()))
+                                                 : sq;
+    return {loss, d};
+  }
+#endif
   const at::Tensor gy = target_gram(x3, target, target_is_gram, scale);
   const at::Tensor d = style_diff(x3, gy, scale);
   // The loss stays in the accumulation dtype (float32 for half features): squared Gram

@@ -16,6 +16,19 @@ SHAPES = [(2, 1, 1, 1), (2, 3, 5, 7), (1, 65, 513), (3, 64, 16, 16), (2, 3, 1, 5
           (2, 33, 9, 9)]
 
 
+@pytest.fixture(autouse=True)
+def _gram_kernel_on(request):
+    """On CUDA the tests run the hand-written Gram kernel (opt-in until validated on a GPU; the
+    cuBLAS path it replaces is compared with it in the test_cuda_gram_kernel_* tests)."""
+    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
+        before = fgl._C._gram_cuda_kernel()
+        fgl._C._set_gram_cuda_kernel(True)
+        yield
+        fgl._C._set_gram_cuda_kernel(before)
+    else:
+        yield
+
+
 def _factor(dtype):
     # float64: plain PyTorch *is* the float64 oracle, so the 2x rule leaves only the slack; a
     # different (fused) summation order differs by a few ulps of the Grams, whose difference D
@@ -191,3 +204,256 @@ def test_style_loss_strips_match_reference(device, dtype, shape, target):
         lambda a, b: fgl.style_loss(a, b, target_is_gram=is_gram),
         lambda a, b: R.style_loss(a, b, target_is_gram=is_gram), [x, t], dtype,
         factor=_factor(dtype))
+
+
+# ---- the hand-written CUDA Gram kernel against cuBLAS and float64 -------------------------------
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+class _kernel:
+    """Switch the CUDA Gram kernel on or off inside a with-block."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.before = fgl._C._gram_cuda_kernel()
+        fgl._C._set_gram_cuda_kernel(self.on)
+
+    def __exit__(self, *exc):
+        fgl._C._set_gram_cuda_kernel(self.before)
+
+
+def _tol(dtype):
+    # against float64: bfloat16 / float16 operands carry their own rounding (8 / 11 bits); the
+    # float32 TF32 pair is float32-accurate; one TF32 product has TF32's 11 bits
+    return {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 2e-5}[dtype]
+
+
+# tile edges (64), splits over L (L large against few tiles), L not a multiple of 8 (scalar
+# loads), one channel
+KERNEL_SHAPES = [(2, 1, 1), (2, 3, 7), (1, 64, 1000), (3, 65, 513), (2, 130, 33),
+                 (1, 513, 40), (8, 64, 65536), (2, 4, 100003), (1, 200, 4096)]
+
+
+def test_gram_kernel_switch_is_exposed():
+    assert isinstance(fgl._C._gram_cuda_kernel(), bool)
+    with _kernel(True):
+        assert fgl._C._gram_cuda_kernel()
+    with _kernel(False):
+        assert not fgl._C._gram_cuda_kernel()
+    # the CPU never takes it: same values with the switch on
+    x = torch.randn(2, 5, 7)
+    with _kernel(True):
+        a = fgl.gram_matrix(x)
+    with _kernel(False):
+        b = fgl.gram_matrix(x)
+    assert torch.equal(a, b)
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_gram_kernel_matches_float64(dtype, shape):
+    x64 = torch.randn(shape, dtype=torch.float64, device="cuda")
+    x = x64.to(dtype)
+    want = R.gram_matrix(x.double())  # the operands as given, product in float64
+    with _kernel(True):
+        got = fgl.gram_matrix(x)
+        again = fgl.gram_matrix(x)
+    with _kernel(False):
+        cublas = fgl.gram_matrix(x)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.equal(got, again), "not deterministic"
+    assert torch.equal(got, got.transpose(1, 2)), "not exactly symmetric"
+    scale = want.abs().amax().item()
+    err = (got.double() - want).abs().amax().item() / scale
+    err_cublas = (cublas.double() - want).abs().amax().item() / scale
+    assert err <= max(_tol(dtype), 4 * err_cublas), (err, err_cublas)
+
+
+@cuda_only
+def test_cuda_gram_kernel_tf32_follows_torch_setting():
+    x = torch.randn(2, 96, 3000, device="cuda")
+    want = R.gram_matrix(x.double())
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        with _kernel(True):
+            torch.backends.cuda.matmul.allow_tf32 = False
+            exact = fgl.gram_matrix(x)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            fast = fgl.gram_matrix(x)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    scale = want.abs().amax().item()
+    e_exact = (exact.double() - want).abs().amax().item() / scale
+    e_fast = (fast.double() - want).abs().amax().item() / scale
+    assert e_exact < 1e-5, e_exact        # the TF32 pair: float32 accuracy
+    assert e_fast < 5e-3, e_fast          # one TF32 product
+    assert e_fast > 3 * e_exact           # and it did round to TF32
+
+
+@cuda_only
+def test_cuda_gram_kernel_unaligned_and_strided_inputs():
+    base = torch.randn(2 * 70 * 520 + 1, device="cuda")
+    x = base[1:].view(2, 70, 520)  # contiguous, data pointer 4 bytes off 16-byte alignment
+    want = R.gram_matrix(x.double())
+    cl = torch.randn(2, 70, 20, 26, device="cuda").to(memory_format=torch.channels_last)
+    with _kernel(True):
+        torch.testing.assert_close(fgl.gram_matrix(x).double(), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fgl.gram_matrix(cl).double(), R.gram_matrix(cl.double()),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@cuda_only
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("target", ["features", "gram", "gram1"])
+@pytest.mark.parametrize("shape", [(2, 3, 7), (3, 65, 513), (8, 64, 65536), (2, 130, 33)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_style_kernel_matches_float64(dtype, shape, target, reduction):
+    x = torch.randn(shape, device="cuda").to(dtype)
+    y = torch.randn(shape, device="cuda").to(dtype)
+    if target == "features":
+        t, t64 = y, y.double()
+    else:
+        g = R.gram_matrix(y.double()).float()
+        t = g if target == "gram" else g[:1]
+        t64 = t.double()
+    is_gram = target != "features"
+    want = R.style_loss(x.double(), t64, reduction=reduction, target_is_gram=is_gram)
+    with _kernel(True):
+        got = fgl.style_loss(x, t, reduction=reduction, target_is_gram=is_gram)
+        again = fgl.style_loss(x, t, reduction=reduction, target_is_gram=is_gram)
+    with _kernel(False):
+        cublas = fgl.style_loss(x, t, reduction=reduction, target_is_gram=is_gram)
+    assert got.dtype == cublas.dtype and got.shape == cublas.shape
+    assert torch.equal(got, again), "not deterministic"
+    # D is a difference of Grams: its error scales with the Grams, not with D
+    gscale = R.gram_matrix(x.double()).abs().amax().item()
+    if reduction == "none":
+        err = ((got.double().sqrt() - want.sqrt()).abs().amax().item()) / gscale
+    else:
+        err = abs(got.item() - want.item()) / max(want.item(), 1e-30)
+    assert err <= 4 * _tol(dtype), err
+
+
+@cuda_only
+def test_cuda_style_kernel_gradients_and_compile():
+    x = torch.randn(2, 65, 24, 24, device="cuda", requires_grad=True)
+    y = torch.randn(2, 65, 24, 24, device="cuda")
+    with _kernel(True):
+        loss = fgl.style_loss(x, y)
+        (gx,) = torch.autograd.grad(loss, x)
+        got = torch.compile(lambda a, b: fgl.style_loss(a, b), fullgraph=True)(x, y)
+    x64 = x.detach().double().requires_grad_()
+    want = R.style_loss(x64, y.double())
+    (g64,) = torch.autograd.grad(want, x64)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=0)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=0)
+    torch.testing.assert_close(gx.double(), g64, rtol=1e-3, atol=1e-3 * g64.abs().max().item())
+
+
+# ---- the CUDA kernel's plan, checked on the CPU ---------------------------------------------------
+# The tile and split arithmetic is gram_plan.h's, shared by the kernel's host plan and device
+# code; fastgenloss._C exposes it. The emulation below runs the kernel's scheme with it (upper
+# tiles only, K-ranges, negated ranges over F_y, a diagonal tile's lower quarter never written,
+# ranges added in order, mirrored) and must give the Gram / style difference.
+
+T = 64
+
+
+def test_gram_tile_index_inverts_coords():
+    for nt in range(1, 40):
+        seen = []
+        for t in range(nt * (nt + 1) // 2):
+            i, j = fgl._C._gram_tile_coords(t, nt)
+            assert 0 <= i <= j < nt
+            assert fgl._C._gram_tile_index(i, j, nt) == t
+            seen.append((i, j))
+        assert len(set(seen)) == nt * (nt + 1) // 2
+
+
+@pytest.mark.parametrize("elem_bytes", [2, 4])
+def test_gram_splits_cover_l_exactly(elem_bytes):
+    step = 64 // elem_bytes
+    for n in (1, 2, 8, 300):
+        for c in (1, 3, 64, 65, 512, 2048):
+            for l in (1, 7, step, step + 1, 1000, 4096, 65536, 100003, 1 << 22):
+                for ops in (1, 2):
+                    splits, per = fgl._C._gram_plan(elem_bytes, n, c, l, ops, 528)
+                    assert splits >= 1 and per % step == 0 and per > 0
+                    assert (splits - 1) * per < l <= splits * per  # all non-empty, cover [0, L)
+                    assert splits <= 4096
+                    nt = -(-c // T)
+                    have = n * nt * (nt + 1) // 2 * ops
+                    if have >= 528:
+                        assert splits == 1
+                    if splits > 1:
+                        assert per >= 4 * step
+
+
+def _emulate(x, y, scale, target, elem_bytes=4, blocks_wanted=528):
+    n, c, l = x.shape
+    nt = -(-c // T)
+    tiles = nt * (nt + 1) // 2
+    ops = 2 if y is not None else 1
+    splits, per = fgl._C._gram_plan(elem_bytes, n, c, l, ops, blocks_wanted)
+    scratch = torch.full((splits * ops, n, tiles, T, T), float("nan"), dtype=torch.float64)
+
+    def rows(f, i):
+        out = torch.zeros(n, T, f.shape[2], dtype=torch.float64)
+        part = f[:, i * T:(i + 1) * T]
+        out[:, :part.shape[1]] = part
+        return out
+
+    for r in range(splits * ops):
+        second = r >= splits
+        f = y if second else x
+        k0 = (r - splits if second else r) * per
+        fk = f[:, :, k0:min(k0 + per, l)]
+        for t in range(tiles):
+            ti, tj = fgl._C._gram_tile_coords(t, nt)
+            p = rows(fk, ti) @ rows(fk, tj).transpose(1, 2)
+            if ti == tj:
+                p[:, 32:, :32] = float("nan")  # that warp writes nothing
+            scratch[r, :, t] = -p if second else p
+    out = torch.empty(n, c, c, dtype=torch.float64)
+    for a in range(nt):
+        for b in range(nt):
+            p_, q_ = min(a, b), max(a, b)
+            t = fgl._C._gram_tile_index(p_, q_, nt)
+            tile = torch.zeros(n, T, T, dtype=torch.float64)
+            rr = torch.arange(T)[:, None]
+            cc = torch.arange(T)[None, :]
+            keep = (rr <= cc) if p_ == q_ else torch.ones(T, T, dtype=torch.bool)
+            for r in range(splits * ops):
+                tile = tile + torch.where(keep, scratch[r, :, t], torch.zeros(()))
+            i = a * T + rr
+            j = b * T + cc
+            g = torch.where(i <= j, tile[:, (i - p_ * T).clamp(0, T - 1), (j - q_ * T).clamp(0, T - 1)],
+                            tile[:, (j - p_ * T).clamp(0, T - 1), (i - q_ * T).clamp(0, T - 1)])
+            g = g * scale
+            ok = (i < c) & (j < c)
+            ii, jj = i.expand(T, T)[ok], j.expand(T, T)[ok]
+            out[:, ii, jj] = g[:, ok]
+    if target is not None:
+        out = out - target
+    return out
+
+
+@pytest.mark.parametrize("c,l", [(1, 1), (3, 7), (64, 40), (65, 200), (130, 33), (200, 520)])
+def test_kernel_scheme_emulated_gives_the_gram(c, l):
+    torch.manual_seed(1)
+    n = 2
+    x = torch.randn(n, c, l, dtype=torch.float64)
+    y = torch.randn(n, c, l, dtype=torch.float64)
+    s = 1.0 / (c * l)
+    want = s * (x @ x.transpose(1, 2))
+    for blocks in (1, 528, 10**6):  # one range, some, as many as the plan allows
+        got = _emulate(x, None, s, None, blocks_wanted=blocks)
+        torch.testing.assert_close(got, want)
+        assert torch.equal(got, got.transpose(1, 2))
+        tgt = torch.randn(1, c, c, dtype=torch.float64)
+        got = _emulate(x, y, s, tgt, blocks_wanted=blocks)
+        torch.testing.assert_close(got, want - s * (y @ y.transpose(1, 2)) - tgt)
