@@ -267,6 +267,43 @@ def test_focal_matches_reference_float64(device, mode, spatial, ignore, kw):
         assert (gx[~keep] == 0).all()
 
 
+@pytest.mark.parametrize("gamma", [2.0, 1.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_focal_soft_and_hard_tiles(device, mode, dtype, gamma):
+    """The CPU kernel skips the soft-target exp in tiles of 64 targets that are all 0 / 1: rows
+    whose tiles are all hard, all soft, or hard but for one soft value (at either end of a
+    tile), with ignored elements, against the float64 reference: loss and gradient."""
+    g = torch.Generator().manual_seed(31)
+    c = 1 if mode == "binary" else 3
+    m = 64 * 6 + 7
+    x = (torch.randn(2, c, m, generator=g, dtype=torch.float64) * 3)
+    t = (torch.rand(2, c, m, generator=g, dtype=torch.float64) > 0.5).double()
+    t[:, :, 64:128] = torch.rand(2, c, 64, generator=g, dtype=torch.float64)  # a soft tile
+    t[:, :, 128] = 0.3     # first of a tile
+    t[:, :, 255] = 0.7     # last of a tile
+    t[:, :, 300:310] = -1  # ignored
+    t[1, :, :] = (t[1] > 0.5).double()  # the second sample all hard (ignored ones -> 0)
+    t[1, :, 300:310] = -1
+    for a in (x, t):
+        assert a.is_contiguous()
+    kw = dict(ignore_index=-1, gamma=gamma, alpha=0.25)
+    xs = x.to(device, dtype).requires_grad_(True)
+    got = fgl.focal_loss(xs, t.to(device, dtype), mode, **kw)
+    x64 = x.to(device).requires_grad_(True)
+    want = R.focal_loss(x64, t.to(device), mode=mode, **kw)
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(got.double(), want, **tol)
+    (gx,) = torch.autograd.grad(got, xs)
+    (rx,) = torch.autograd.grad(want, x64)
+    torch.testing.assert_close(gx.double(), rx, rtol=tol["rtol"] * 10, atol=rx.abs().max().item() * 1e-5)
+    both = fgl.segmentation_loss(xs, t.to(device, dtype), mode, dice=1.0, iou=0.0, bce=0.8,
+                                 focal=1.0, focal_gamma=gamma, focal_alpha=0.25, ignore_index=-1)
+    ref = R.segmentation_loss(x64, t.to(device), mode=mode, dice=1.0, iou=0.0, bce=0.8, focal=1.0,
+                              focal_gamma=gamma, focal_alpha=0.25, ignore_index=-1)
+    torch.testing.assert_close(both.double(), ref, **tol)
+
+
 @pytest.mark.parametrize("kw", [{"normalized": True}, {"reduced_threshold": 0.5},
                                 {"reduction": "none"}, {"from_logits": False}], ids=str)
 @pytest.mark.parametrize("mode", MODES)

@@ -429,23 +429,130 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
 
 // ---- binary / multilabel: sigmoid per element -----------------------------------------------
 
-// One sigmoid element, branch-free (the loops over these vectorize in float): e = exp(-|v|),
-// p = sigmoid(v), p (1 - p) = e / (1 + e)^2 without cancellation, the BCE with logits.
+// One sigmoid element, branch-free (the loops over these vectorize in float): e = exp(-|v|) and
+// lg = log1p(e), the two transcendental parts every sigmoid term shares (the focal term takes
+// them too), p = sigmoid(v), p (1 - p) = e / (1 + e)^2 without cancellation, the BCE with
+// logits.
 template <typename acc_t>
 struct SigmoidElem {
-  acc_t p, dp, bce;
+  acc_t e, lg, p, dp, bce;
   FGL_SEG_INLINE SigmoidElem(acc_t v, acc_t t) {
-    const acc_t e = exp_vec(-std::fabs(v));
+    e = exp_vec(-std::fabs(v));
+    lg = log1p_unit(e);
     const acc_t inv = acc_t(1) / (acc_t(1) + e);
     p = (v >= acc_t(0) ? acc_t(1) : e) * inv;
     dp = e * inv * inv;
-    bce = (v > acc_t(0) ? v : acc_t(0)) - v * t + log1p_unit(e);
+    bce = (v > acc_t(0) ? v : acc_t(0)) - v * t + lg;
   }
 };
 
-// Tasks [begin, end) of sigmoid_fwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
+// The focal term of a sigmoid element from its shared parts. kHard: the target is 0 or 1, so
+// seg_focal never uses p_t = exp(-BCE) of a soft target and the exp is not computed (a
+// branch-free loop would compute it for every element).
+template <int GI, bool kHard, typename acc_t>
+FGL_SEG_INLINE acc_t sigmoid_focal(acc_t v, acc_t t, const SigmoidElem<acc_t>& s, acc_t gamma,
+                                   acc_t alpha, acc_t* dfdx) {
+  if constexpr (kHard) {
+    return seg_focal<GI>(v, t, s.e, s.lg, gamma, alpha, dfdx, [](acc_t) { return acc_t(0); });
+  } else {
+    return seg_focal<GI>(v, t, s.e, s.lg, gamma, alpha, dfdx, [](acc_t u) { return exp_vec(u); });
+  }
+}
+
+// Whether every kept target of tile [j0, j0 + len) is 0 or 1 (ignored ones enter as 0).
+template <typename target_t, typename acc_t>
+FGL_SEG_INLINE bool hard_tile(const target_t* tr, int64_t j0, int64_t len, bool has_ignore, acc_t ig) {
+  int soft = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const acc_t t = acc_t(tr[j0 + j]);
+    const acc_t tk = (has_ignore & (t == ig)) ? acc_t(0) : t;
+    soft |= int(tk != acc_t(0)) & int(tk != acc_t(1));
+  }
+  return soft == 0;
+}
+
+// The elementwise part of one tile of kTile elements (vectorizes: no reductions, no branches):
+// pk, tk, bk (and fk, kk with the focal term); an ignored element enters with keep = 0.
+template <bool kFocal, int GI, bool kHard, typename scalar_t, typename target_t, typename acc_t>
+FGL_SEG_INLINE void sigmoid_fwd_elems(const scalar_t* __restrict__ xr, const target_t* __restrict__ tr,
+                                      int64_t len, bool has_ignore, acc_t ig, acc_t fg, acc_t fa,
+                                      acc_t* __restrict__ pk, acc_t* __restrict__ tk,
+                                      acc_t* __restrict__ bk, acc_t* __restrict__ fk,
+                                      acc_t* __restrict__ kk) {
+  for (int64_t j = 0; j < len; ++j) {
+    const acc_t v = acc_t(xr[j]), t = acc_t(tr[j]);
+    const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+    const acc_t tt = t * keep;
+    const SigmoidElem<acc_t> e(v, tt);
+    pk[j] = e.p * keep;
+    tk[j] = tt;
+    bk[j] = e.bce * keep;
+    if constexpr (kFocal) {
+      acc_t unused;
+      fk[j] = keep * sigmoid_focal<GI, kHard>(v, tt, e, fg, fa, &unused);
+      kk[j] = keep;
+    }
+  }
+}
+
+// One chunk [m0, m1) of a row: tiles of kTile elements, each an elementwise loop then kLanes
+// independent partial sums; acc gets P, T, A, X (and F, K).
+// Its own function per variant (compiled for AVX2 and the baseline): inlined into one function
+// with the other variants, the polynomial constants were hoisted out of every loop and
+// spilled to the stack (16 ymm registers), 20% slower without the focal term.
+template <bool kFocal, int GI, typename scalar_t, typename target_t, typename acc_t>
+FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* tr, int64_t m0, int64_t m1,
+                                      bool has_ignore, acc_t ig, acc_t fg, acc_t fa, double* acc) {
+  acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {}, F[kLanes] = {}, K[kLanes] = {};
+  acc_t pk[kTile], tk[kTile], bk[kTile], fk[kTile], kk[kTile];
+  for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
+    const int64_t len = std::min(kTile, m1 - j0);
+    if (kFocal && hard_tile(tr, j0, len, has_ignore, ig)) {
+      sigmoid_fwd_elems<kFocal, GI, true>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
+    } else {
+      sigmoid_fwd_elems<kFocal, GI, false>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
+    }
+    int64_t j = 0;
+    for (; j + kLanes <= len; j += kLanes) {
+      for (int q = 0; q < kLanes; ++q) {
+        P[q] += pk[j + q];
+        T[q] += tk[j + q];
+        A[q] += std::fabs(pk[j + q] - tk[j + q]);
+        X[q] += bk[j + q];
+        if constexpr (kFocal) {
+          F[q] += fk[j + q];
+          K[q] += kk[j + q];
+        }
+      }
+    }
+    for (; j < len; ++j) {
+      P[0] += pk[j];
+      T[0] += tk[j];
+      A[0] += std::fabs(pk[j] - tk[j]);
+      X[0] += bk[j];
+      if constexpr (kFocal) {
+        F[0] += fk[j];
+        K[0] += kk[j];
+      }
+    }
+  }
+  for (int k = 0; k < (kFocal ? 6 : 4); ++k) acc[k] = 0.0;
+  for (int q = 0; q < kLanes; ++q) {
+    acc[0] += P[q];
+    acc[1] += T[q];
+    acc[2] += A[q];
+    acc[3] += X[q];
+    if constexpr (kFocal) {
+      acc[4] += F[q];
+      acc[5] += K[q];
+    }
+  }
+}
+
+// Tasks [begin, end) of sigmoid_fwd, one chunk a call. With the focal term: one pass, the focal loss from the same exp / log1p as the sigmoid and
+// the BCE; tiles whose targets are all 0 / 1 skip the soft-target exp.
 template <typename scalar_t, typename target_t>
-FGL_CPU_MULTIVERSION void sigmoid_fwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
+void sigmoid_fwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
                  double ignore, std::vector<double>& part, int64_t nch, const Focal& focal, int64_t begin, int64_t end) {
   using acc_t = acc_type_t<scalar_t>;
   // part: [rows, nch, W] (P, T, A, X[, F, K])
@@ -456,76 +563,13 @@ FGL_CPU_MULTIVERSION void sigmoid_fwd_range(const scalar_t* x, const target_t* t
     const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
     const scalar_t* xr = x + r * m;
     const target_t* tr = tg + r * m;
-    // tiles of kTile elements: an elementwise loop (vectorizes: no reductions, no branches)
-    // into pk, tk, bk, then kLanes independent partial sums of them; an ignored element
-    // enters with keep = 0
-    acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {};
-    acc_t pk[kTile], tk[kTile], bk[kTile];
-    for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
-      const int64_t len = std::min(kTile, m1 - j0);
-      for (int64_t j = 0; j < len; ++j) {
-        const acc_t t = acc_t(tr[j0 + j]);
-        const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
-        const SigmoidElem<acc_t> e(acc_t(xr[j0 + j]), t * keep);
-        pk[j] = e.p * keep;
-        tk[j] = t * keep;
-        bk[j] = e.bce * keep;
-      }
-      int64_t j = 0;
-      for (; j + kLanes <= len; j += kLanes) {
-        for (int q = 0; q < kLanes; ++q) {
-          P[q] += pk[j + q];
-          T[q] += tk[j + q];
-          A[q] += std::fabs(pk[j + q] - tk[j + q]);
-          X[q] += bk[j + q];
-        }
-      }
-      for (; j < len; ++j) {
-        P[0] += pk[j];
-        T[0] += tk[j];
-        A[0] += std::fabs(pk[j] - tk[j]);
-        X[0] += bk[j];
-      }
-    }
     double* acc = part.data() + task * W;
-    for (int k = 0; k < 4; ++k) acc[k] = 0.0;
-    for (int q = 0; q < kLanes; ++q) {
-      acc[0] += P[q];
-      acc[1] += T[q];
-      acc[2] += A[q];
-      acc[3] += X[q];
-    }
-    if (focal.on) {
-      acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
-      with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
-        constexpr int GI = decltype(g)::value;
-        for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
-          const int64_t len = std::min(kTile, m1 - j0);
-          for (int64_t j = 0; j < len; ++j) {
-            const acc_t t = acc_t(tr[j0 + j]);
-            const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
-            acc_t unused;
-            bk[j] = keep * focal_elem<GI>(acc_t(xr[j0 + j]), t * keep, fg, fa, &unused);
-            tk[j] = keep;
-          }
-          int64_t j = 0;
-          for (; j + kLanes <= len; j += kLanes) {
-            for (int q = 0; q < kLanes; ++q) {
-              Fs[q] += bk[j + q];
-              Ks[q] += tk[j + q];
-            }
-          }
-          for (; j < len; ++j) {
-            Fs[0] += bk[j];
-            Ks[0] += tk[j];
-          }
-        }
+    if (!focal.on) {
+      sigmoid_fwd_chunk<false, 1>(xr, tr, m0, m1, has_ignore, ig, fg, fa, acc);
+    } else {
+      with_focal_gamma(focal.gamma, [&](auto g) {
+        sigmoid_fwd_chunk<true, decltype(g)::value>(xr, tr, m0, m1, has_ignore, ig, fg, fa, acc);
       });
-      acc[4] = acc[5] = 0.0;
-      for (int q = 0; q < kLanes; ++q) {
-        acc[4] += Fs[q];
-        acc[5] += Ks[q];
-      }
     }
   }
 }
@@ -538,9 +582,49 @@ void sigmoid_fwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m,
   });
 }
 
-// Tasks [begin, end) of sigmoid_bwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
+// The gradient of one chunk [m0, m1) of a row, one function per variant (compiled for AVX2 and
+// the baseline; see sigmoid_fwd_chunk). The focal gradient takes the sigmoid's exp / log1p;
+// tiles of kTile whose targets are all 0 / 1 skip the soft-target exp.
+template <bool kFocal, int GI, typename scalar_t, typename target_t, typename acc_t>
+FGL_CPU_MULTIVERSION void sigmoid_bwd_chunk(const scalar_t* xr, const target_t* tr, scalar_t* orow,
+                                            int64_t m0, int64_t m1, bool has_ignore, acc_t ig,
+                                            acc_t fg, acc_t fa, acc_t gp, acc_t ga, acc_t gce,
+                                            acc_t gf) {
+  auto tile = [&](auto hard, int64_t j0, int64_t j1) __attribute__((always_inline)) {
+    constexpr bool kHard = decltype(hard)::value;
+    for (int64_t j = j0; j < j1; ++j) {
+      const acc_t v = acc_t(xr[j]), t = acc_t(tr[j]);
+      const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
+      const acc_t tk = t * keep;
+      const SigmoidElem<acc_t> s(v, tk);
+      const acc_t u = s.p - tk;
+      const acc_t sg = u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0));
+      acc_t d = (gp + ga * sg) * s.dp + gce * u;
+      if constexpr (kFocal) {
+        acc_t dfdx;
+        sigmoid_focal<GI, kHard>(v, tk, s, fg, fa, &dfdx);
+        d = d + gf * dfdx;
+      }
+      orow[j] = scalar_t(keep * d);
+    }
+  };
+  if constexpr (!kFocal) {
+    tile(std::false_type{}, m0, m1);
+  } else {
+    for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
+      const int64_t len = std::min(kTile, m1 - j0);
+      if (hard_tile(tr, j0, len, has_ignore, ig)) {
+        tile(std::true_type{}, j0, j0 + len);
+      } else {
+        tile(std::false_type{}, j0, j0 + len);
+      }
+    }
+  }
+}
+
+// Tasks [begin, end) of sigmoid_bwd, one chunk a call.
 template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>
-FGL_CPU_MULTIVERSION void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
+void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
                  double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out,
                  const Focal& focal, int64_t begin, int64_t end) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
@@ -553,30 +637,13 @@ FGL_CPU_MULTIVERSION void sigmoid_bwd_range(const scalar_t* x, const target_t* t
     const scalar_t* xr = x + r * m;
     const target_t* tr = tg + r * m;
     scalar_t* orow = out + r * m;
-    auto grad = [&](int64_t j, acc_t& keep, acc_t& tk) __attribute__((always_inline)) {
-      const acc_t t = acc_t(tr[j]);
-      keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
-      tk = t * keep;
-      const SigmoidElem<acc_t> s(acc_t(xr[j]), tk);
-      const acc_t u = s.p - tk;
-      const acc_t sg = u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0));
-      return keep * ((gp + ga * sg) * s.dp + gce * u);
-    };
     if (!focal.on) {
-      for (int64_t j = m0; j < m1; ++j) {
-        acc_t keep, tk;
-        orow[j] = scalar_t(grad(j, keep, tk));
-      }
+      sigmoid_bwd_chunk<false, 1>(xr, tr, orow, m0, m1, has_ignore, ig, fg, fa, gp, ga, gce, acc_t(0));
     } else {
       const acc_t gf = gs[r * S + 3];
-      with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
-        constexpr int GI = decltype(g)::value;
-        for (int64_t j = m0; j < m1; ++j) {
-          acc_t keep, tk, dfdx;
-          const acc_t d = grad(j, keep, tk);
-          focal_elem<GI>(acc_t(xr[j]), tk, fg, fa, &dfdx);
-          orow[j] = scalar_t(d + keep * gf * dfdx);
-        }
+      with_focal_gamma(focal.gamma, [&](auto g) {
+        sigmoid_bwd_chunk<true, decltype(g)::value>(xr, tr, orow, m0, m1, has_ignore, ig, fg, fa, gp,
+                                                    ga, gce, gf);
       });
     }
   }
