@@ -313,42 +313,40 @@ cudaError_t dispatch_gram(const GramLaunch& a, F&& f) {
 template <typename T, GramMath M>
 void launch_tiles(const GramLaunch& a, float* scratch, cudaStream_t stream) {
   const int64_t nt = gram_tiles_per_side(a.c);
-  const int64_t ranges = a.splits_x * (a.y != nullptr ? 2 : 1);
   const bool vec_ok = a.l % Vec<T>::kN == 0 && aligned16(a.x) && aligned16(a.y);
-  const dim3 grid(unsigned(gram_upper_tiles(nt)), unsigned(a.n), unsigned(ranges));
+  const dim3 grid(unsigned(gram_upper_tiles(nt)), unsigned(a.n), unsigned(gram_ranges(a)));
   gram_tile_kernel<T, M><<<grid, kGramThreads, 0, stream>>>(
       static_cast<const T*>(a.x), static_cast<const T*>(a.y), a.c, a.l, nt, a.splits_x,
       a.k_per_split, vec_ok, scratch);
+}
+
+// Both stages: the partial tiles, then the finish (Gram in T, or style's D and sums of D^2).
+template <bool kStyle>
+cudaError_t launch(const GramLaunch& a, double scale, const float* target_gram,
+                   int64_t target_batch, float* scratch, void* out, float* d, float* sq_part,
+                   cudaStream_t stream) {
+  if (a.n == 0 || a.c == 0) return cudaSuccess;
+  return dispatch_gram(a, [&](auto tv, auto mv) {
+    using T = decltype(tv);
+    launch_tiles<T, decltype(mv)::value>(a, scratch, stream);
+    const int64_t nt = gram_tiles_per_side(a.c);
+    gram_finish_kernel<T, kStyle><<<dim3(unsigned(nt * nt), unsigned(a.n)), kFinishThreadsGram, 0, stream>>>(
+        scratch, a.c, nt, gram_ranges(a), float(scale), target_gram, target_batch,
+        static_cast<T*>(out), d, sq_part);
+  });
 }
 
 }  // namespace
 
 cudaError_t launch_gram(const GramLaunch& a, double scale, float* scratch, void* out,
                         cudaStream_t stream) {
-  if (a.n == 0 || a.c == 0) return cudaSuccess;
-  return dispatch_gram(a, [&](auto tv, auto mv) {
-    using T = decltype(tv);
-    launch_tiles<T, decltype(mv)::value>(a, scratch, stream);
-    const int64_t nt = gram_tiles_per_side(a.c);
-    gram_finish_kernel<T, false><<<dim3(unsigned(nt * nt), unsigned(a.n)), kFinishThreadsGram, 0, stream>>>(
-        scratch, a.c, nt, a.splits_x, float(scale), nullptr, 0, static_cast<T*>(out), nullptr,
-        nullptr);
-  });
+  return launch<false>(a, scale, nullptr, 0, scratch, out, nullptr, nullptr, stream);
 }
 
 cudaError_t launch_style_diff(const GramLaunch& a, double scale, const float* target_gram,
                               int64_t target_batch, float* scratch, float* d, float* sq_part,
                               cudaStream_t stream) {
-  if (a.n == 0 || a.c == 0) return cudaSuccess;
-  return dispatch_gram(a, [&](auto tv, auto mv) {
-    using T = decltype(tv);
-    launch_tiles<T, decltype(mv)::value>(a, scratch, stream);
-    const int64_t nt = gram_tiles_per_side(a.c);
-    const int64_t ranges = a.splits_x * (a.y != nullptr ? 2 : 1);
-    gram_finish_kernel<T, true><<<dim3(unsigned(nt * nt), unsigned(a.n)), kFinishThreadsGram, 0, stream>>>(
-        scratch, a.c, nt, ranges, float(scale), target_gram, target_batch, static_cast<T*>(nullptr),
-        d, sq_part);
-  });
+  return launch<true>(a, scale, target_gram, target_batch, scratch, nullptr, d, sq_part, stream);
 }
 
 }  // namespace fastgenloss

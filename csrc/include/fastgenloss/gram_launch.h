@@ -48,10 +48,13 @@ inline void gram_plan_splits(GramLaunch& a, int64_t blocks_wanted) {
   a.k_per_split = p.k_per_split;
 }
 
-// Float scratch the launch needs: one 64 x 64 partial tile per (split, sample, tile).
+// K-ranges in all: splits_x over F_x, as many over F_y when it is set.
+inline int64_t gram_ranges(const GramLaunch& a) { return a.splits_x * (a.y != nullptr ? 2 : 1); }
+
+// Float scratch the launch needs: one 64 x 64 partial tile per (range, sample, tile).
 inline int64_t gram_scratch_elems(const GramLaunch& a) {
   const int64_t tiles = gram_upper_tiles(gram_tiles_per_side(a.c));
-  return a.splits_x * (a.y != nullptr ? 2 : 1) * a.n * tiles * kGramTile * kGramTile;
+  return gram_ranges(a) * a.n * tiles * kGramTile * kGramTile;
 }
 
 // Blocks of the finishing kernel (one per output tile and sample): sq_part holds one float
