@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "fastgenloss/diffusion_ops.h"
+#include "fastgenloss/host_memory.h"
 
 namespace fastgenloss {
 
@@ -69,7 +70,7 @@ at::Tensor sample_major(const at::Tensor& x) {
 
 at::Tensor same_layout(const at::Tensor& t, const at::Tensor& like) {
   if (t.sizes() == like.sizes() && t.strides() == like.strides()) return t;
-  return at::empty_like(like, t.options()).copy_(t);
+  return empty_like_output(like, t.options()).copy_(t);
 }
 
 namespace {

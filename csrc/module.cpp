@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include "fastgenloss/gram_plan.h"
+#include "fastgenloss/host_memory.h"
 #include "fastgenloss/style_cuda.h"
 
 namespace py = pybind11;
@@ -15,6 +16,11 @@ PYBIND11_MODULE(_C, m) {
         "Whether Gram / style forwards on CUDA run the hand-written kernel (else cuBLAS)");
   m.def("_set_gram_cuda_kernel", &fastgenloss::set_gram_cuda_kernel_enabled, py::arg("enabled"),
         "Switch the hand-written CUDA Gram kernel on or off (FASTGENLOSS_GRAM_CUDA_KERNEL=1 at import)");
+  m.def("_cpu_huge_pages", &fastgenloss::cpu_huge_pages_enabled,
+        "Whether fresh CPU outputs of >= 32 MiB are advised for huge pages (host_memory.h)");
+  m.def("_set_cpu_huge_pages", &fastgenloss::set_cpu_huge_pages_enabled, py::arg("enabled"),
+        "Switch the huge-page advice for large CPU outputs on or off (FASTGENLOSS_CPU_HUGE_PAGES=0 at import)");
+  m.def("_huge_page_min_bytes", []() { return fastgenloss::kHugePageMinBytes; });
   // the CUDA Gram kernel's tile and split arithmetic, for the CPU tests (gram_plan.h)
   m.def("_gram_plan", [](int64_t elem_bytes, int64_t n, int64_t c, int64_t l, int64_t operands,
                          int64_t blocks_wanted) {

@@ -25,6 +25,7 @@
 
 #include "fastgenloss/diffusion_ops.h"
 #include "fastgenloss/pixel_ops.h"
+#include "fastgenloss/host_memory.h"
 
 namespace fastgenloss {
 namespace {
@@ -60,7 +61,7 @@ void check_pixel_args(const char* op, const at::Tensor& input, const at::Tensor&
 // walk the storage linearly: the element order does not matter to an elementwise loss.
 at::Tensor dense_input(const at::Tensor& input) {
   if (input.is_non_overlapping_and_dense()) return input;
-  return at::empty_like(input).copy_(input);
+  return empty_like_output(input).copy_(input);
 }
 
 // True when every element of t is one value seen through zero strides (an expanded scalar, as
@@ -80,7 +81,7 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
       t.is_non_overlapping_and_dense()) {
     return t;
   }
-  return at::empty_like(like, t.options()).copy_(t);
+  return empty_like_output(like, t.options()).copy_(t);
 }
 
 // The index through which `w` (input's shape, any strides) is read along `x`'s dense memory

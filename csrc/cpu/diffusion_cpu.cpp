@@ -15,6 +15,7 @@
 
 #include "cpu_common.h"
 #include "fastgenloss/diffusion_ops.h"
+#include "fastgenloss/host_memory.h"
 
 namespace fastgenloss {
 namespace {
@@ -183,7 +184,7 @@ DiffusionFwdOut diffusion_fwd_cpu(const at::Tensor& model_output, const at::Tens
   at::Tensor loss = reduction == kReduceNone ? at::empty({o.n}, acc_opts) : at::empty({}, acc_opts);
   at::Tensor sample_loss = at::empty({o.n}, acc_opts);
   const bool grad_out = write_grad && reduction != kReduceNone;
-  at::Tensor grad = grad_out ? at::empty_like(o.f) : at::empty({0}, o.f.options());
+  at::Tensor grad = grad_out ? empty_like_output(o.f) : at::empty({0}, o.f.options());
   const BlockGrid grid = grid_of(o.n, o.m);
   std::vector<double> partial(size_t(grid.count()), 0.0);
   const double bs = diffusion_batch_scale(reduction, o.n);
@@ -248,7 +249,7 @@ DiffusionBwdOut diffusion_bwd_cpu(const at::Tensor& grad_output, const at::Tenso
                                                  sample, noise, t, table, weight, p);
   const at::Tensor go = diffusion_grad_output(grad_output, o, reduction);
   const DiffusionValues vals = o.sched.values();
-  auto out = [&](bool want) { return want ? at::empty_like(o.f) : at::empty({0}, o.f.options()); };
+  auto out = [&](bool want) { return want ? empty_like_output(o.f) : at::empty({0}, o.f.options()); };
   at::Tensor gf = out(model_output_grad), gx = out(sample_grad), ge = out(noise_grad);
   if (!(model_output_grad || sample_grad || noise_grad) || o.n == 0 || o.m == 0) {
     return {gf, gx, ge};
@@ -324,7 +325,7 @@ at::Tensor diffusion_mix_cpu(const at::Tensor& sample, const at::Tensor& noise,
   const auto [x, y] = mix_operands("fastgenloss::diffusion_mix", sample, noise, kind);
   const ScheduleOperands sched = schedule_operands("fastgenloss::diffusion_mix", t, table,
                                                    mix_schedule(kind), x.size(0), x.device());
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_like_output(x);
   mix_cpu(x, &y, sched, kind, &out, nullptr);
   return out;
 }
@@ -337,8 +338,8 @@ std::tuple<at::Tensor, at::Tensor> diffusion_mix_bwd_cpu(const at::Tensor& grad,
   const at::Tensor g = std::get<0>(mix_operands("fastgenloss::diffusion_mix_bwd", grad, grad, kind));
   const ScheduleOperands sched = schedule_operands("fastgenloss::diffusion_mix_bwd", t, table,
                                                    mix_schedule(kind), g.size(0), g.device());
-  at::Tensor gs = sample_grad ? at::empty_like(g) : at::empty({0}, g.options());
-  at::Tensor gn = noise_grad ? at::empty_like(g) : at::empty({0}, g.options());
+  at::Tensor gs = sample_grad ? empty_like_output(g) : at::empty({0}, g.options());
+  at::Tensor gn = noise_grad ? empty_like_output(g) : at::empty({0}, g.options());
   mix_cpu(g, nullptr, sched, kind, sample_grad ? &gs : nullptr, noise_grad ? &gn : nullptr);
   return {gs, gn};
 }

@@ -15,6 +15,7 @@
 
 #include "cpu_common.h"
 #include "fastgenloss/pixel_ops.h"
+#include "fastgenloss/host_memory.h"
 
 namespace fastgenloss {
 namespace {
@@ -301,13 +302,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_fwd_cpu(
   at::Tensor wsum = weighted_mean ? at::empty({}, input.options().dtype(acc_dtype))
                                   : at::empty({0}, input.options().dtype(acc_dtype));
   if (reduction == kReduceNone) {
-    loss = at::empty_like(x);
+    loss = empty_like_output(x);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_fwd_cpu", [&] {
       pixel_fwd_none<scalar_t>(o, p, loss);
     });
   } else {
     loss = at::empty({}, input.options());
-    if (write_grad) grad = at::empty_like(x);
+    if (write_grad) grad = empty_like_output(x);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_fwd_cpu", [&] {
       pixel_fwd_reduce<scalar_t>(o, write_grad ? &grad : nullptr, p, loss,
                                  weighted_mean ? &wsum : nullptr);
@@ -326,8 +327,8 @@ std::tuple<at::Tensor, at::Tensor> pixel_bwd_cpu(
   const PixelOperands o = pixel_operands("fastgenloss::pixel_bwd", input, target, weight, p);
   const at::Tensor& x = o.x;
   const at::Tensor go = pixel_grad_output(grad_output, input, x, reduction);
-  at::Tensor gi = input_grad ? at::empty_like(x) : empty0(input);
-  at::Tensor gw = weight_grad ? at::empty_like(x) : empty0(input);
+  at::Tensor gi = input_grad ? empty_like_output(x) : empty0(input);
+  at::Tensor gw = weight_grad ? empty_like_output(x) : empty0(input);
   if (x.numel() > 0 && (input_grad || weight_grad)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_bwd_cpu", [&] {
       pixel_bwd_impl<scalar_t>(go, o, loss, weight_sum, p,

@@ -21,6 +21,7 @@
 
 #include "cpu_common.h"
 #include "fastgenloss/seg_math.h"
+#include "fastgenloss/host_memory.h"
 
 namespace fastgenloss {
 namespace {
@@ -764,7 +765,7 @@ at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& gra
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor gs = grad_stats.to(acc).contiguous();
   const at::Tensor gx = grad_xent.to(acc).contiguous();
-  at::Tensor out = at::empty_like(input);
+  at::Tensor out = empty_like_output(input);
   BadLabel bad;
   if (input.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "seg_stats_bwd", [&] {
