@@ -329,6 +329,23 @@ def test_focal_low_precision_against_float64(device, mode, dtype):
         lambda a: R.segmentation_loss(a, t, mode=mode, **kw), [x], dtype, factor=16.0)
 
 
+@pytest.mark.parametrize("gamma", [2.0, 1.0, 0.5])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_multiclass_focal_variants_float32(device, gamma, channels_last):
+    """Each focal gamma (2, 1 and general) is its own variant of the multiclass CPU kernels,
+    fwd and bwd: float32 against float64, over more than one chunk of 4096 positions and a
+    partial tile, with ignored positions, in both memory layouts."""
+    x, t = make("multiclass", (67, 65), n=2, ignore=True, device=device, seed=27)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    kw = dict(dice=1.0, iou=1.0, bce=0.8, focal=1.0, focal_gamma=gamma, focal_alpha=0.25,
+              ignore_index=IGNORE)
+    check_against_reference(
+        lambda a: fgl.segmentation_loss(a, t, "multiclass", **kw),
+        lambda a: R.segmentation_loss(a, t, mode="multiclass", **kw), [x], torch.float32,
+        factor=16.0)
+
+
 @pytest.mark.parametrize("mode", ["binary", "multilabel"])
 def test_sigmoid_path_extreme_logits(device, mode):
     """float32 logits up to +-100 (sigmoid saturated, exp(-|x|) below float's range): the

@@ -79,21 +79,10 @@ FGL_SEG_INLINE float log1p_unit(float e) {
 }
 FGL_SEG_INLINE double log1p_unit(double e) { return std::log1p(e); }
 
-// The focal term of one element (seg_math.h's seg_focal) with the exp / log1p above; GI = 2,
-// 1 or -1 (general gamma, std::pow: scalar) picked once per call by with_focal_gamma.
-// focal_elem_hard: for a target that is 0 or 1 (multiclass one-vs-rest), where seg_focal
-// never uses p_t = exp(-BCE) of a soft target, so that exp is not computed (a branch-free
-// loop would compute it for every element).
-template <int GI, typename acc_t>
-FGL_SEG_INLINE acc_t focal_elem(acc_t x, acc_t t, acc_t gamma, acc_t alpha, acc_t* dfdx) {
-  const acc_t e = exp_vec(-std::fabs(x));
-  return seg_focal<GI>(x, t, e, log1p_unit(e), gamma, alpha, dfdx,
-                       [](acc_t v) { return exp_vec(v); });
-}
-
-// The backward takes this one; in the forward it measured slower (63 -> 67-76 ms at
-// 8x19x256x256 on one thread, the loop's code changing around it), so the forward keeps
-// focal_elem.
+// The one-vs-rest focal term of one multiclass element (seg_math.h's seg_focal) with the exp /
+// log1p above; GI = 2, 1 or -1 (general gamma, std::pow: scalar). The target is 0 or 1, where
+// seg_focal never uses p_t = exp(-BCE) of a soft target, so that exp is not computed (a
+// branch-free loop would compute it for every element).
 template <int GI, typename acc_t>
 FGL_SEG_INLINE acc_t focal_elem_hard(acc_t x, acc_t t, acc_t gamma, acc_t alpha, acc_t* dfdx) {
   const acc_t e = exp_vec(-std::fabs(x));
@@ -249,8 +238,10 @@ struct Tile {
   }
 };
 
-// Tasks [begin, end) of multiclass_fwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
-template <typename scalar_t, typename label_t>
+// Tasks [begin, end) of multiclass_fwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION),
+// one function per variant: FGI = 0 without the focal term, else its gamma code (GI of
+// seg_focal). As in the sigmoid path, variants inlined into one function share its registers.
+template <int FGI, typename scalar_t, typename label_t>
 FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
                     BadLabel& bad, const Focal& focal, bool nhwc, int64_t begin, int64_t end) {
@@ -295,17 +286,14 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
           acc[k * W + 1] += T[q];
           acc[k * W + 2] += A[q];
         }
-        if (focal.on) {  // one-vs-rest sigmoid focal term of class k
+        if constexpr (FGI != 0) {  // one-vs-rest sigmoid focal term of class k
           const acc_t* row = tile.logits(k);
           acc_t fk[kTile];
-          with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
-            constexpr int GI = decltype(g)::value;
-            for (int64_t t = 0; t < len; ++t) {
-              const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-              acc_t unused;
-              fk[t] = tile.vf[t] * focal_elem<GI>(acc_t(row[t]), tv, fg, fa, &unused);
-            }
-          });
+          for (int64_t t = 0; t < len; ++t) {
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            acc_t unused;
+            fk[t] = tile.vf[t] * focal_elem_hard<FGI>(acc_t(row[t]), tv, fg, fa, &unused);
+          }
           acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
           int64_t t = 0;
           for (; t + kLanes <= len; t += kLanes) {
@@ -337,14 +325,22 @@ template <typename scalar_t, typename label_t>
 void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
                     BadLabel& bad, const Focal& focal, bool nhwc) {
-  at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
-    multiclass_fwd_range<scalar_t, label_t>(x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal,
-                                            nhwc, begin, end);
-  });
+  auto run = [&](auto fgi) {
+    at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
+      multiclass_fwd_range<decltype(fgi)::value, scalar_t, label_t>(
+          x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal, nhwc, begin, end);
+    });
+  };
+  if (!focal.on) {
+    run(std::integral_constant<int, 0>{});
+  } else {
+    with_focal_gamma(focal.gamma, run);
+  }
 }
 
-// Tasks [begin, end) of multiclass_bwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION).
-template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
+// Tasks [begin, end) of multiclass_bwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION),
+// one function per variant (FGI as in multiclass_fwd_range).
+template <int FGI, typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
                     scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc, int64_t begin,
@@ -389,7 +385,7 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
         const acc_t* ek = tile.e.data() + k * kTile;
         acc_t* gk = g.data() + k * kTile;
         scalar_t* orow = ob + k * m + m0;
-        if (!focal.on) {
+        if constexpr (FGI == 0) {
           auto grad = [&](int64_t t) __attribute__((always_inline)) {
             const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
             // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
@@ -403,20 +399,22 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
         } else {  // plus the one-vs-rest focal term's gradient
           const acc_t gf = gsb[k * S + 3];
           const acc_t* row = tile.logits(k);
-          with_focal_gamma(focal.gamma, [&](auto g) __attribute__((always_inline)) {
-            constexpr int GI = decltype(g)::value;
-            auto grad = [&](int64_t t) __attribute__((always_inline)) {
-              const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-              acc_t dfdx;
-              focal_elem_hard<GI>(row[t], tv, fg, fa, &dfdx);
-              return (ek[t] * (gk[t] - dot[t]) + gf * dfdx) * tile.vf[t] + gce[t] * (ek[t] - tv);
-            };
-            if (!nhwc) {
-              for (int64_t t = 0; t < len; ++t) orow[t] = scalar_t(grad(t));
-            } else {
-              for (int64_t t = 0; t < len; ++t) gk[t] = grad(t);
-            }
-          });
+          // the focal derivative in a loop of its own: fused with the softmax part, the
+          // polynomials' constants and the loop's operands outgrew the 16 vector registers
+          acc_t df[kTile];
+          for (int64_t t = 0; t < len; ++t) {
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            focal_elem_hard<FGI>(row[t], tv, fg, fa, &df[t]);
+          }
+          auto grad = [&](int64_t t) __attribute__((always_inline)) {
+            const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
+            return (ek[t] * (gk[t] - dot[t]) + gf * df[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+          };
+          if (!nhwc) {
+            for (int64_t t = 0; t < len; ++t) orow[t] = scalar_t(grad(t));
+          } else {
+            for (int64_t t = 0; t < len; ++t) gk[t] = grad(t);
+          }
         }
       }
       if (nhwc) {
@@ -434,10 +432,17 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
                     scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
-  at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
-    multiclass_bwd_range<scalar_t, label_t>(x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal,
-                                            nhwc, begin, end);
-  });
+  auto run = [&](auto fgi) {
+    at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
+      multiclass_bwd_range<decltype(fgi)::value, scalar_t, label_t>(
+          x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal, nhwc, begin, end);
+    });
+  };
+  if (!focal.on) {
+    run(std::integral_constant<int, 0>{});
+  } else {
+    with_focal_gamma(focal.gamma, run);
+  }
 }
 
 // ---- binary / multilabel: sigmoid per element -----------------------------------------------
