@@ -16,6 +16,8 @@ from fastgenloss import _C
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.exists("/proc/self/smaps"),
                        reason="huge-page advice is Linux-only"),
+    pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
+                       reason="kernel built without transparent huge pages"),
     # torch then advises every large CPU tensor itself: the switch-off checks would not hold
     pytest.mark.skipif(os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),
                        reason="THP_MEM_ALLOC_ENABLE is set"),
