@@ -38,20 +38,9 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-at::Tensor empty_like_output(const at::Tensor& like) {
-  at::Tensor t = at::empty_like(like);
-  advise_huge_pages(t);
-  return t;
-}
-
-at::Tensor empty_like_output(const at::Tensor& like, const at::TensorOptions& options) {
-  at::Tensor t = at::empty_like(like, options);
-  advise_huge_pages(t);
-  return t;
-}
-
-at::Tensor empty_like_output(const at::Tensor& like, at::MemoryFormat format) {
-  at::Tensor t = at::empty_like(like, format);
+at::Tensor empty_like_output(const at::Tensor& like, const at::TensorOptions& options,
+                             std::optional<at::MemoryFormat> format) {
+  at::Tensor t = at::empty_like(like, options, format);
   advise_huge_pages(t);
   return t;
 }

@@ -181,7 +181,7 @@ at::Tensor gram_bwd_impl(const at::Tensor& grad, const at::Tensor& features, dou
   const at::Tensor f3 = as_ncl(features, "features");
   const at::Tensor f = gemm_operand(f3);
   const at::Tensor sym = (grad + grad.transpose(1, 2)).to(f.scalar_type());
-  at::Tensor out = empty_like_output(f, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_like_output(f, {}, at::MemoryFormat::Contiguous);
   at::baddbmm_out(out, out, sym, f, 0.0, scale);
   return out.to(f3.scalar_type()).view(features.sizes());
 }
@@ -245,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> style_bwd_impl(const at::Tensor& grad_output,
   // dL/dF = s (dL/dD + dL/dD^T) F = 4 s c (go D) F for symmetric go D
   auto feat_grad = [&](const at::Tensor& f_in, const at::Tensor& like, double sign) {
     const at::Tensor f = gemm_operand(f_in);
-    at::Tensor out = empty_like_output(f, at::MemoryFormat::Contiguous);
+    at::Tensor out = empty_like_output(f, {}, at::MemoryFormat::Contiguous);
     if (f.size(2) == 0 || f.size(1) == 0) return out.zero_().to(f_in.scalar_type()).view(like.sizes());
     at::baddbmm_out(out, out, dD.to(f.scalar_type()), f, 0.0, sign * 4.0 * scale * c);
     return out.to(f_in.scalar_type()).view(like.sizes());

@@ -89,18 +89,6 @@ FGL_SEG_INLINE acc_t focal_elem_hard(acc_t x, acc_t t, acc_t gamma, acc_t alpha,
   return seg_focal<GI>(x, t, e, log1p_unit(e), gamma, alpha, dfdx, [](acc_t) { return acc_t(0); });
 }
 
-template <typename Fn>
-FGL_SEG_INLINE void with_focal_gamma(double gamma, Fn&& fn) {
-  if (gamma == 2.0) {
-    fn(std::integral_constant<int, 2>{});
-  } else if (gamma == 1.0) {
-    fn(std::integral_constant<int, 1>{});
-  } else {
-    fn(std::integral_constant<int, -1>{});
-  }
-}
-
-
 // The focal term's parameters; on = gamma >= 0 (Python passes -1 for "no focal term"), alpha
 // < 0 is smp's alpha=None. With it on, stats grow from (P, T, A) to (P, T, A, F, K).
 struct Focal {
@@ -109,6 +97,23 @@ struct Focal {
   int64_t stats() const { return on ? 5 : 3; }  // columns of stats / grad_stats
   int64_t part() const { return on ? 6 : 4; }   // columns of a chunk partial (+ X)
 };
+
+// Calls fn with the kernels' focal variant as std::integral_constant<int, FGI>: FGI = 0 without
+// the focal term, else seg_focal's GI (2 or 1: powers as products; -1: general gamma, pow).
+// Each variant is its own AVX2 function: inlined into one function, the variants' polynomial
+// constants outgrew the 16 vector registers and spilled (20% slower without the focal term).
+template <typename Fn>
+void with_focal_variant(const Focal& focal, Fn&& fn) {
+  if (!focal.on) {
+    fn(std::integral_constant<int, 0>{});
+  } else if (focal.gamma == 2.0) {
+    fn(std::integral_constant<int, 2>{});
+  } else if (focal.gamma == 1.0) {
+    fn(std::integral_constant<int, 1>{});
+  } else {
+    fn(std::integral_constant<int, -1>{});
+  }
+}
 
 struct BadLabel {
   std::atomic<bool> seen{false};
@@ -239,8 +244,7 @@ struct Tile {
 };
 
 // Tasks [begin, end) of multiclass_fwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION),
-// one function per variant: FGI = 0 without the focal term, else its gamma code (GI of
-// seg_focal). As in the sigmoid path, variants inlined into one function share its registers.
+// one function per focal variant FGI (with_focal_variant).
 template <int FGI, typename scalar_t, typename label_t>
 FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
@@ -325,21 +329,16 @@ template <typename scalar_t, typename label_t>
 void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
                     BadLabel& bad, const Focal& focal, bool nhwc) {
-  auto run = [&](auto fgi) {
+  with_focal_variant(focal, [&](auto fgi) {
     at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
       multiclass_fwd_range<decltype(fgi)::value, scalar_t, label_t>(
           x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal, nhwc, begin, end);
     });
-  };
-  if (!focal.on) {
-    run(std::integral_constant<int, 0>{});
-  } else {
-    with_focal_gamma(focal.gamma, run);
-  }
+  });
 }
 
 // Tasks [begin, end) of multiclass_bwd: compiled for AVX2 and the baseline (FGL_CPU_MULTIVERSION),
-// one function per variant (FGI as in multiclass_fwd_range).
+// one function per focal variant FGI (with_focal_variant).
 template <int FGI, typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
@@ -432,17 +431,12 @@ void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
                     scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
-  auto run = [&](auto fgi) {
+  with_focal_variant(focal, [&](auto fgi) {
     at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
       multiclass_bwd_range<decltype(fgi)::value, scalar_t, label_t>(
           x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal, nhwc, begin, end);
     });
-  };
-  if (!focal.on) {
-    run(std::integral_constant<int, 0>{});
-  } else {
-    with_focal_gamma(focal.gamma, run);
-  }
+  });
 }
 
 // ---- binary / multilabel: sigmoid per element -----------------------------------------------
@@ -491,12 +485,13 @@ FGL_SEG_INLINE bool hard_tile(const target_t* tr, int64_t j0, int64_t len, bool 
 
 // The elementwise part of one tile of kTile elements (vectorizes: no reductions, no branches):
 // pk, tk, bk (and fk, kk with the focal term); an ignored element enters with keep = 0.
-template <bool kFocal, int GI, bool kHard, typename scalar_t, typename target_t, typename acc_t>
+template <int FGI, bool kHard, typename scalar_t, typename target_t, typename acc_t>
 FGL_SEG_INLINE void sigmoid_fwd_elems(const scalar_t* __restrict__ xr, const target_t* __restrict__ tr,
                                       int64_t len, bool has_ignore, acc_t ig, acc_t fg, acc_t fa,
                                       acc_t* __restrict__ pk, acc_t* __restrict__ tk,
                                       acc_t* __restrict__ bk, acc_t* __restrict__ fk,
                                       acc_t* __restrict__ kk) {
+  constexpr bool kFocal = FGI != 0;
   for (int64_t j = 0; j < len; ++j) {
     const acc_t v = acc_t(xr[j]), t = acc_t(tr[j]);
     const acc_t keep = (has_ignore & (t == ig)) ? acc_t(0) : acc_t(1);
@@ -507,28 +502,27 @@ FGL_SEG_INLINE void sigmoid_fwd_elems(const scalar_t* __restrict__ xr, const tar
     bk[j] = e.bce * keep;
     if constexpr (kFocal) {
       acc_t unused;
-      fk[j] = keep * sigmoid_focal<GI, kHard>(v, tt, e, fg, fa, &unused);
+      fk[j] = keep * sigmoid_focal<FGI, kHard>(v, tt, e, fg, fa, &unused);
       kk[j] = keep;
     }
   }
 }
 
 // One chunk [m0, m1) of a row: tiles of kTile elements, each an elementwise loop then kLanes
-// independent partial sums; acc gets P, T, A, X (and F, K).
-// Its own function per variant (compiled for AVX2 and the baseline): inlined into one function
-// with the other variants, the polynomial constants were hoisted out of every loop and
-// spilled to the stack (16 ymm registers), 20% slower without the focal term.
-template <bool kFocal, int GI, typename scalar_t, typename target_t, typename acc_t>
+// independent partial sums; acc gets P, T, A, X (and F, K). One function per focal variant FGI
+// (with_focal_variant), compiled for AVX2 and the baseline.
+template <int FGI, typename scalar_t, typename target_t, typename acc_t>
 FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* tr, int64_t m0, int64_t m1,
                                       bool has_ignore, acc_t ig, acc_t fg, acc_t fa, double* acc) {
+  constexpr bool kFocal = FGI != 0;
   acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {}, F[kLanes] = {}, K[kLanes] = {};
   acc_t pk[kTile], tk[kTile], bk[kTile], fk[kTile], kk[kTile];
   for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
     const int64_t len = std::min(kTile, m1 - j0);
     if (kFocal && hard_tile(tr, j0, len, has_ignore, ig)) {
-      sigmoid_fwd_elems<kFocal, GI, true>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
+      sigmoid_fwd_elems<FGI, true>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
     } else {
-      sigmoid_fwd_elems<kFocal, GI, false>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
+      sigmoid_fwd_elems<FGI, false>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
     }
     int64_t j = 0;
     for (; j + kLanes <= len; j += kLanes) {
@@ -567,8 +561,9 @@ FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* 
   }
 }
 
-// Tasks [begin, end) of sigmoid_fwd, one chunk a call. With the focal term: one pass, the focal loss from the same exp / log1p as the sigmoid and
-// the BCE; tiles whose targets are all 0 / 1 skip the soft-target exp.
+// Tasks [begin, end) of sigmoid_fwd, one chunk a call. With the focal term: one pass, the focal
+// loss from the same exp / log1p as the sigmoid and the BCE; tiles whose targets are all 0 / 1
+// skip the soft-target exp.
 template <typename scalar_t, typename target_t>
 void sigmoid_fwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
                  double ignore, std::vector<double>& part, int64_t nch, const Focal& focal, int64_t begin, int64_t end) {
@@ -576,20 +571,14 @@ void sigmoid_fwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int6
   // part: [rows, nch, W] (P, T, A, X[, F, K])
   const int64_t W = focal.part();
   const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t r = task / nch, ch = task % nch;
-    const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
-    const scalar_t* xr = x + r * m;
-    const target_t* tr = tg + r * m;
-    double* acc = part.data() + task * W;
-    if (!focal.on) {
-      sigmoid_fwd_chunk<false, 1>(xr, tr, m0, m1, has_ignore, ig, fg, fa, acc);
-    } else {
-      with_focal_gamma(focal.gamma, [&](auto g) {
-        sigmoid_fwd_chunk<true, decltype(g)::value>(xr, tr, m0, m1, has_ignore, ig, fg, fa, acc);
-      });
+  with_focal_variant(focal, [&](auto fgi) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / nch, ch = task % nch;
+      const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
+      sigmoid_fwd_chunk<decltype(fgi)::value>(x + r * m, tg + r * m, m0, m1, has_ignore, ig, fg,
+                                              fa, part.data() + task * W);
     }
-  }
+  });
 }
 
 template <typename scalar_t, typename target_t>
@@ -600,14 +589,15 @@ void sigmoid_fwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m,
   });
 }
 
-// The gradient of one chunk [m0, m1) of a row, one function per variant (compiled for AVX2 and
-// the baseline; see sigmoid_fwd_chunk). The focal gradient takes the sigmoid's exp / log1p;
-// tiles of kTile whose targets are all 0 / 1 skip the soft-target exp.
-template <bool kFocal, int GI, typename scalar_t, typename target_t, typename acc_t>
+// The gradient of one chunk [m0, m1) of a row, one function per focal variant FGI (compiled
+// for AVX2 and the baseline). The focal gradient takes the sigmoid's exp / log1p; tiles of
+// kTile whose targets are all 0 / 1 skip the soft-target exp.
+template <int FGI, typename scalar_t, typename target_t, typename acc_t>
 FGL_CPU_MULTIVERSION void sigmoid_bwd_chunk(const scalar_t* xr, const target_t* tr, scalar_t* orow,
                                             int64_t m0, int64_t m1, bool has_ignore, acc_t ig,
                                             acc_t fg, acc_t fa, acc_t gp, acc_t ga, acc_t gce,
                                             acc_t gf) {
+  constexpr bool kFocal = FGI != 0;
   auto tile = [&](auto hard, int64_t j0, int64_t j1) __attribute__((always_inline)) {
     constexpr bool kHard = decltype(hard)::value;
     for (int64_t j = j0; j < j1; ++j) {
@@ -620,7 +610,7 @@ FGL_CPU_MULTIVERSION void sigmoid_bwd_chunk(const scalar_t* xr, const target_t* 
       acc_t d = (gp + ga * sg) * s.dp + gce * u;
       if constexpr (kFocal) {
         acc_t dfdx;
-        sigmoid_focal<GI, kHard>(v, tk, s, fg, fa, &dfdx);
+        sigmoid_focal<FGI, kHard>(v, tk, s, fg, fa, &dfdx);
         d = d + gf * dfdx;
       }
       orow[j] = scalar_t(keep * d);
@@ -648,23 +638,16 @@ void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int6
   const int64_t nch = (m + kChunk - 1) / kChunk;
   const int64_t S = focal.stats();
   const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t r = task / nch, ch = task % nch;
-    const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
-    const acc_t gp = gs[r * S + 0], ga = gs[r * S + 2], gce = gx[r];
-    const scalar_t* xr = x + r * m;
-    const target_t* tr = tg + r * m;
-    scalar_t* orow = out + r * m;
-    if (!focal.on) {
-      sigmoid_bwd_chunk<false, 1>(xr, tr, orow, m0, m1, has_ignore, ig, fg, fa, gp, ga, gce, acc_t(0));
-    } else {
-      const acc_t gf = gs[r * S + 3];
-      with_focal_gamma(focal.gamma, [&](auto g) {
-        sigmoid_bwd_chunk<true, decltype(g)::value>(xr, tr, orow, m0, m1, has_ignore, ig, fg, fa, gp,
-                                                    ga, gce, gf);
-      });
+  with_focal_variant(focal, [&](auto fgi) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / nch, ch = task % nch;
+      const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
+      const acc_t gp = gs[r * S + 0], ga = gs[r * S + 2], gce = gx[r];
+      const acc_t gf = focal.on ? gs[r * S + 3] : acc_t(0);
+      sigmoid_bwd_chunk<decltype(fgi)::value>(x + r * m, tg + r * m, out + r * m, m0, m1,
+                                              has_ignore, ig, fg, fa, gp, ga, gce, gf);
     }
-  }
+  });
 }
 
 template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>

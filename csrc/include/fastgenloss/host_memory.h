@@ -14,6 +14,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace fastgenloss {
 
 // Tensors of at least this many bytes are advised (glibc's largest mmap threshold).
@@ -26,9 +28,9 @@ void set_cpu_huge_pages_enabled(bool on);
 // been written yet (call it right after allocating). A no-op otherwise, and on failure.
 void advise_huge_pages(const at::Tensor& t);
 
-// at::empty_like(like[, options]) advised as above: for outputs a kernel then writes in full.
-at::Tensor empty_like_output(const at::Tensor& like);
-at::Tensor empty_like_output(const at::Tensor& like, const at::TensorOptions& options);
-at::Tensor empty_like_output(const at::Tensor& like, at::MemoryFormat format);
+// at::empty_like(like, options, format) advised as above: for outputs a kernel then writes in
+// full.
+at::Tensor empty_like_output(const at::Tensor& like, const at::TensorOptions& options = {},
+                             std::optional<at::MemoryFormat> format = std::nullopt);
 
 }  // namespace fastgenloss
