@@ -5,13 +5,21 @@
 #   bash bench/gpu_session.sh build    # compile for the GPU at hand (a wheel), print build_info
 #   bash bench/gpu_session.sh install DIR   # install a wheel an earlier build returned
 #   bash bench/gpu_session.sh test     # the whole test suite, CUDA included
+#   bash bench/gpu_session.sh test-new # the CUDA cases of the seg / style suites (new kernels on)
 #   bash bench/gpu_session.sh bench    # pytest-benchmark on CUDA + report table (copy rate, % copy)
 #   bash bench/gpu_session.sh bench-diffusion   # the diffusion losses (64x4x64x64, 16x16x128x128)
 #   bash bench/gpu_session.sh bench-style       # Gram / style loss on VGG-19 feature shapes
 #   bash bench/gpu_session.sh bench-gram        # the same style shapes, hand-written Gram kernel on
 #   bash bench/gpu_session.sh bench-seg         # segmentation losses, CUDA kernel on (opt-in)
+#   bash bench/gpu_session.sh bench-seg-ops     # fastgenloss alone, kernel off (PyTorch-ops path)
 #   bash bench/gpu_session.sh device-times      # device time and launches per step (torch.profiler)
 #   bash bench/gpu_session.sh main     # python -m fastgenloss on CUDA
+#
+# bench/gpu_run.sh chains stages in one call, each under its own limit. A cold build takes far
+# longer than the 140 s of 2026-11-22 now (seg_cpu.cpp's per-variant AVX2 kernels: one
+# translation unit of several minutes; on 2026-11-23 three calls of 230 + 300 + 325 s did not
+# finish it, since a stage stopped at its limit restarts the unfinished objects): give the first
+# call's build stage 450 s or more and nothing else.
 #
 # Logs go to $OUT (the device tool's folder that comes back) or bench/results/; name them
 # <gpu>-<date>-<stage> and commit them under bench/results/. The GPU machines are offline and
@@ -19,7 +27,7 @@
 # --no-deps. Never run on zeros, never change the card's settings (see the device METHOD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_session.sh build|install DIR|test|bench|bench-diffusion|bench-style|bench-gram|bench-seg|device-times|main}
+stage=${1:?usage: gpu_session.sh build|install DIR|test|test-new|bench-seg-ops|bench|bench-diffusion|bench-style|bench-gram|bench-seg|device-times|main}
 out=${OUT:-bench/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' || echo gpu)
@@ -66,6 +74,14 @@ case "$stage" in
       > "$tag-test-full.log" 2>&1 || true
     tail -40 "$tag-test-full.log" | log
     ;;
+  test-new)
+    # The CUDA cases of the suites whose CUDA kernels have not yet run on a GPU (the seg_stats
+    # kernel, the hand-written Gram/style kernel): their fixtures switch the kernels on.
+    python -m pytest -q -p no:cacheprovider -n "${FGL_TEST_N:-8}" -rf tests/test_segmentation.py \
+      tests/test_style.py tests/test_segmentation_distributed.py -k "${FGL_TEST_K:-cuda}" \
+      > "$tag-test-new-full.log" 2>&1 || true
+    tail -60 "$tag-test-new-full.log" | log
+    ;;
   bench)
     FGL_BENCH_DEVICE=cuda python -m pytest bench/bench_pixel.py -q -p no:cacheprovider \
       --benchmark-max-time=0.2 --benchmark-json="$tag-bench.json" 2>&1 | tail -3 | log
@@ -103,6 +119,15 @@ case "$stage" in
       | tail -3 | log
     python bench/report.py "$tag-bench-seg.json" > "$tag-bench-seg.md"
     grep -E "fwd\+bwd" "$tag-bench-seg.md" | head -40
+    ;;
+  bench-seg-ops)
+    # fastgenloss alone with the kernel off (the PyTorch-ops path on CUDA): the baseline that
+    # decides whether the kernel becomes the default.
+    FGL_BENCH_DEVICE=cuda FASTGENLOSS_SEG_CUDA_KERNEL=0 FGL_BENCH_COMPILE=0 python -m pytest \
+      bench/bench_segmentation.py -k fastgenloss -q -p no:cacheprovider --benchmark-max-time=0.2 \
+      --benchmark-json="$tag-bench-seg-ops.json" 2>&1 | tail -3 | log
+    python bench/report.py "$tag-bench-seg-ops.json" > "$tag-bench-seg-ops.md"
+    grep -E "fwd\+bwd" "$tag-bench-seg-ops.md" | head -40
     ;;
   device-times)
     # FGL_DT_ARGS: more device_times.py options (--cases, --impls); FGL_DT_TAG names the table
