@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh install DIR   # install a wheel an earlier build returned
 #   bash bench/gpu_session.sh test     # the whole test suite, CUDA included
 #   bash bench/gpu_session.sh test-new # the CUDA cases of the seg / style suites (new kernels on)
+#   bash bench/gpu_session.sh crash-bt # native backtrace of the C++-error crash (cuda-gdb)
 #   bash bench/gpu_session.sh bench    # pytest-benchmark on CUDA + report table (copy rate, % copy)
 #   bash bench/gpu_session.sh bench-diffusion   # the diffusion losses (64x4x64x64, 16x16x128x128)
 #   bash bench/gpu_session.sh bench-style       # Gram / style loss on VGG-19 feature shapes
@@ -27,7 +28,7 @@
 # --no-deps. Never run on zeros, never change the card's settings (see the device METHOD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_session.sh build|install DIR|test|test-new|bench-seg-ops|bench|bench-diffusion|bench-style|bench-gram|bench-seg|device-times|main}
+stage=${1:?usage: gpu_session.sh build|install DIR|test|test-new|crash-bt|bench-seg-ops|bench|bench-diffusion|bench-style|bench-gram|bench-seg|device-times|main}
 out=${OUT:-bench/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' || echo gpu)
@@ -82,6 +83,12 @@ case "$stage" in
       > "$tag-test-new-full.log" 2>&1 || true
     tail -60 "$tag-test-new-full.log" | log
     ;;
+  crash-bt)
+    # The C++-error crash of this image (see bench/results/*-2026-11-23-NOTES.md): a native
+    # backtrace of the first crashing test under cuda-gdb (gdb is not installed there).
+    cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args python -m pytest -q -p no:cacheprovider \
+      tests/test_errors.py -k test_direct_op_call_is_checked_in_cpp 2>&1 | tail -120 | log || true
+    ;;
   bench)
     FGL_BENCH_DEVICE=cuda python -m pytest bench/bench_pixel.py -q -p no:cacheprovider \
       --benchmark-max-time=0.2 --benchmark-json="$tag-bench.json" 2>&1 | tail -3 | log
@@ -114,7 +121,7 @@ case "$stage" in
   bench-seg)
     # The segmentation losses with the CUDA kernel switched on (opt-in until this stage and the
     # test stage have validated it on a GPU), against smp / MONAI where installed.
-    FGL_BENCH_DEVICE=cuda FASTGENLOSS_SEG_CUDA_KERNEL=1 python -m pytest bench/bench_segmentation.py \
+    FGL_BENCH_DEVICE=cuda FASTGENLOSS_SEG_CUDA_KERNEL=1 FASTGENLOSS_SEG_CUDA_COMBINE=1 python -m pytest bench/bench_segmentation.py \
       -q -p no:cacheprovider --benchmark-max-time=0.2 --benchmark-json="$tag-bench-seg.json" 2>&1 \
       | tail -3 | log
     python bench/report.py "$tag-bench-seg.json" > "$tag-bench-seg.md"

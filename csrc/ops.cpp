@@ -220,6 +220,17 @@ TORCH_LIBRARY(fastgenloss, m) {
   m.def(
       "seg_stats_bwd(Tensor grad_stats, Tensor grad_xent, Tensor input, Tensor target, int mode, "
       "bool has_ignore, int ignore_index, float focal_gamma=-1.0, float focal_alpha=-1.0) -> Tensor");
+  // the segmentation losses' second stage (fastgenloss/seg_combine.h): statistics -> the scalar
+  // loss (the statistics' dtype); overlap = (weight, alpha, beta, gamma) per overlap term; the
+  // backward gives (grad_stats, grad_xent)
+  m.def(
+      "seg_combine(Tensor stats, Tensor xent, float[] overlap, float bce, float count, "
+      "float focal, bool binary, bool per_image, bool sum, bool log_loss, float smooth, "
+      "float eps) -> Tensor");
+  m.def(
+      "seg_combine_bwd(Tensor grad, Tensor stats, Tensor xent, float[] overlap, float bce, "
+      "float count, float focal, bool binary, bool per_image, bool sum, bool log_loss, "
+      "float smooth, float eps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {

@@ -23,6 +23,7 @@ def _cuda_kernel_on(request, monkeypatch):
     PyTorch-ops path it replaces is compared with it in test_cuda_kernel_matches_torch_path)."""
     if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
         monkeypatch.setattr(fgl._segmentation, "CUDA_KERNEL", True)
+        monkeypatch.setattr(fgl._segmentation, "CUDA_COMBINE", True)
 
 
 def make(mode, spatial, *, n=2, c=C, ignore=False, seed=0, absent=False, device="cpu"):
@@ -503,3 +504,117 @@ def test_channels_last_reads_no_copy_of_the_logits():
     step()
     peak = peak_memory_bytes(step, "cpu")
     assert peak < 1.3 * x.numel() * x.element_size(), peak
+
+
+# ---- the second stage as one op (seg_combine) -------------------------------------------------
+COMBINE_CASES = [
+    ("binary", dict(dice=1.0, iou=0.0, bce=0.8, focal=1.0)),
+    ("binary", dict(dice=1.0, iou=1.0, bce=0.0, focal=1.0, focal_alpha=0.25, reduction="sum")),
+    ("multiclass", dict(dice=1.0, iou=1.0, bce=0.8)),
+    ("multiclass", dict(dice=0.7, iou=0.0, bce=0.3, tversky=0.5, tversky_alpha=0.3,
+                        tversky_beta=0.7, tversky_gamma=1.5, focal=0.4, log_loss=True,
+                        smooth=0.5)),
+    ("multiclass", dict(dice=1.0, iou=0.5, bce=0.0, focal=1.0, per_image=True, reduction="sum")),
+    ("multilabel", dict(dice=0.0, iou=1.0, bce=1.0, focal=0.5, focal_gamma=0.5, per_image=True)),
+    ("multilabel", dict(dice=1.0, iou=0.0, bce=0.0, tversky=1.0, tversky_gamma=0.75,
+                        log_loss=True, eps=1e-3)),
+]
+
+
+def _python_stage(monkeypatch, on):
+    monkeypatch.setattr(fgl._segmentation, "_combine_enabled", (lambda s: True) if on else (lambda s: False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", range(len(COMBINE_CASES)))
+def test_combine_op_matches_python_stage(device, monkeypatch, case, dtype):
+    """The fused second stage (one op forward, one backward) against the PyTorch-ops stage it
+    replaces, loss and input gradient, with absent classes and ignored elements."""
+    mode, kw = COMBINE_CASES[case]
+    x, t = make(mode, (6, 7), n=3, ignore=True, absent=True, seed=50 + case, device=device)
+    kw = dict(kw, ignore_index=IGNORE if mode == "multiclass" else -1)
+    xd = x.detach().to(dtype).requires_grad_(True)
+    td = t if mode == "multiclass" else t.to(dtype)
+    out = {}
+    for on in (True, False):
+        _python_stage(monkeypatch, on)
+        loss = fgl.segmentation_loss(xd, td, mode, **kw)
+        (g,) = torch.autograd.grad(loss, xd)
+        out[on] = (loss, g)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(out[True][0], out[False][0], **tol)
+    torch.testing.assert_close(out[True][1], out[False][1], **tol)
+    if "reduction" in kw:  # the reference has smp's means only
+        return
+    want = R.segmentation_loss(x, t, mode=mode, **kw)
+    torch.testing.assert_close(out[True][0].double(), want.detach(),
+                               **(dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64
+                                  else dict(rtol=1e-5, atol=1e-6)))
+
+
+def test_combine_op_is_one_op_each_way():
+    """The whole second stage is seg_combine forward and seg_combine_bwd backward: a handful of
+    tensor ops a step instead of about a hundred (their overhead dominated on a GPU)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    x, t = make("multiclass", (16, 16), n=2)
+    with Count() as fwd:
+        loss = fgl.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0, bce=0.8)
+    with Count() as bwd:
+        loss.backward()
+    assert fwd.ops["fastgenloss.seg_combine.default"] == 1
+    assert bwd.ops["fastgenloss.seg_combine_bwd.default"] == 1
+    assert sum(fwd.ops.values()) <= 6, fwd.ops
+    assert sum(bwd.ops.values()) <= 6, bwd.ops
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("binary", [False, True])
+def test_combine_op_gradcheck_opcheck(device, per_image, binary):
+    """seg_combine's backward against finite differences of its forward, every term on (three
+    overlap terms with gamma != 1, log_loss, smooth, BCE, focal), mean and sum; opcheck."""
+    g = torch.Generator().manual_seed(7 + per_image + 2 * binary)
+    n, c = 3, 1 if binary else 4
+    P = torch.rand(n, c, generator=g, dtype=torch.float64) * 20 + 1
+    T = torch.rand(n, c, generator=g, dtype=torch.float64) * 20 + 1
+    # (no absent class here: the loss jumps at T = 0, where finite differences mean nothing;
+    # test_combine_op_matches_python_stage covers absent classes)
+    A = (P - T).abs() + torch.rand(n, c, generator=g, dtype=torch.float64) * 5
+    F_ = torch.rand(n, c, generator=g, dtype=torch.float64) * 10
+    K = torch.full((n, c), 30.0, dtype=torch.float64)
+    stats = torch.stack([P, T, A, F_, K], -1).to(device).requires_grad_(True)
+    xent = (torch.rand(n, c, generator=g, dtype=torch.float64) * 9).to(device).requires_grad_(True)
+    overlap = [1.0, 0.5, 0.5, 1.0, 0.7, 1.0, 1.0, 1.5, 0.4, 0.3, 0.7, 0.8]
+    for red_sum in (False, True):
+        for log_loss in (False, True):
+            args = (overlap, 0.8, 123.0, 0.6, binary, per_image, red_sum, log_loss, 0.25, 1e-7)
+            assert torch.autograd.gradcheck(
+                lambda s, x: torch.ops.fastgenloss.seg_combine(s, x, *args), (stats, xent))
+    torch.library.opcheck(torch.ops.fastgenloss.seg_combine.default,
+                          (stats.detach().float(), xent.detach().float(), overlap, 0.8, 123.0,
+                           0.6, binary, per_image, False, False, 0.0, 1e-7))
+
+
+def test_combine_op_checks_arguments():
+    stats, xent = torch.rand(2, 3, 3), torch.rand(2, 3)
+    op = torch.ops.fastgenloss.seg_combine
+    args = (0.0, 1.0, 0.0, False, False, False, False, 0.0, 1e-7)
+    with pytest.raises(RuntimeError, match=r"stats must be float32 or float64 \[N, C, 3 or 5\]"):
+        op(torch.rand(2, 3, 4), xent, [1.0, 0.5, 0.5, 1.0], *args)
+    with pytest.raises(RuntimeError, match=r"xent must be \[N, C\] = \[2, 3\]"):
+        op(stats, torch.rand(3, 2), [1.0, 0.5, 0.5, 1.0], *args)
+    with pytest.raises(RuntimeError, match="overlap must hold"):
+        op(stats, xent, [1.0, 0.5, 0.5], *args)
+    with pytest.raises(RuntimeError, match="overlap must hold"):
+        op(stats, xent, [1.0, 0.5, 0.5, 1.0] * 4, *args)

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "fastgenloss/seg_combine_ops.h"
 #include "fastgenloss/seg_launch.h"
 #include "fastgenloss/seg_math.h"
 #include "glue.h"
@@ -124,9 +125,45 @@ at::Tensor seg_stats_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& gr
   return out;
 }
 
+at::Tensor seg_combine_cuda(const at::Tensor& stats_, const at::Tensor& xent_,
+                            at::ArrayRef<double> overlap, double bce, double count, double focal,
+                            bool binary, bool per_image, bool sum, bool log_loss, double smooth,
+                            double eps) {
+  const c10::cuda::CUDAGuard guard(stats_.device());
+  const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
+                                        per_image, sum, log_loss, smooth, eps);
+  const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
+  at::Tensor out = at::empty({}, stats.options());
+  C10_CUDA_CHECK(launch_seg_combine(q, pixel_dtype(stats.scalar_type()), stats.const_data_ptr(),
+                                    xent.const_data_ptr(), nullptr, out.mutable_data_ptr(),
+                                    nullptr, nullptr, stream_of(stats)));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> seg_combine_bwd_cuda(
+    const at::Tensor& grad_, const at::Tensor& stats_, const at::Tensor& xent_,
+    at::ArrayRef<double> overlap, double bce, double count, double focal, bool binary,
+    bool per_image, bool sum, bool log_loss, double smooth, double eps) {
+  const c10::cuda::CUDAGuard guard(stats_.device());
+  const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
+                                        per_image, sum, log_loss, smooth, eps);
+  TORCH_CHECK(grad_.numel() == 1, "fastgenloss::seg_combine_bwd: grad must be a scalar, got ",
+              grad_.sizes());
+  const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
+  const at::Tensor grad = grad_.to(stats.device(), stats.scalar_type()).contiguous();
+  at::Tensor gstats = at::empty_like(stats), gxent = at::empty_like(xent);
+  C10_CUDA_CHECK(launch_seg_combine(q, pixel_dtype(stats.scalar_type()), stats.const_data_ptr(),
+                                    xent.const_data_ptr(), grad.const_data_ptr(), nullptr,
+                                    gstats.mutable_data_ptr(), gxent.mutable_data_ptr(),
+                                    stream_of(stats)));
+  return {gstats, gxent};
+}
+
 }  // namespace fastgenloss
 
 TORCH_LIBRARY_IMPL(fastgenloss, CUDA, m) {
+  m.impl("seg_combine", &fastgenloss::seg_combine_cuda);
+  m.impl("seg_combine_bwd", &fastgenloss::seg_combine_bwd_cuda);
   m.impl("seg_stats", &fastgenloss::seg_stats_cuda);
   m.impl("seg_stats_bwd", &fastgenloss::seg_stats_bwd_cuda);
 }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fastgenloss/seg_combine.h"
 #include "fastgenloss/seg_launch.h"
 #include "fastgenloss/seg_math.h"
 #include "kernel_common.cuh"
@@ -319,6 +320,37 @@ void dispatch_focal(bool on, F&& f) {
   }
 }
 
+// The second stage (seg_combine.h) in one block: each thread sums its classes' shares of the
+// totals, the block adds them in a fixed order, then (backward) each thread writes its classes'
+// gradients. grad == nullptr: forward, the loss to *out; else backward with dL = *grad.
+constexpr int kCombineThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kCombineThreads)
+seg_combine_kernel(SegCombine q, const T* __restrict__ stats, const T* __restrict__ xent,
+                   const T* __restrict__ grad, T* __restrict__ out, T* __restrict__ gstats,
+                   T* __restrict__ gxent) {
+  __shared__ double tot_all[kSegTotals];
+  double tot[kSegTotals];
+#pragma unroll
+  for (int i = 0; i < kSegTotals; ++i) tot[i] = 0.0;
+  for (int64_t c = threadIdx.x; c < q.c; c += kCombineThreads) seg_combine_class(q, stats, xent, c, tot);
+#pragma unroll
+  for (int i = 0; i < kSegTotals; ++i) {
+    const double v = block_sum<double, kCombineThreads>(tot[i]);
+    if (threadIdx.x == 0) tot_all[i] = v;
+  }
+  __syncthreads();
+  if (grad == nullptr) {
+    if (threadIdx.x == 0) *out = static_cast<T>(seg_combine_total(q, tot_all));
+    return;
+  }
+  const double g = static_cast<double>(*grad);
+  for (int64_t c = threadIdx.x; c < q.c; c += kCombineThreads) {
+    seg_combine_class_grad(q, stats, tot_all, g, c, gstats, gxent);
+  }
+}
+
 }  // namespace
 
 int64_t seg_chunks(int64_t m) { return m > 0 ? (m + kChunk - 1) / kChunk : 1; }
@@ -400,6 +432,28 @@ cudaError_t launch_seg_bwd(const SegLaunch& a, const void* grad_stats, const voi
     });
   });
   return err != cudaSuccess ? err : derr;
+}
+
+cudaError_t launch_seg_combine(const SegCombine& q, PixelDType dtype, const void* stats,
+                               const void* xent, const void* grad, void* out, void* gstats,
+                               void* gxent, cudaStream_t stream) {
+  if (grad != nullptr && q.n * q.c == 0) return cudaSuccess;
+  switch (dtype) {
+    case PixelDType::Float:
+      seg_combine_kernel<float><<<1, kCombineThreads, 0, stream>>>(
+          q, static_cast<const float*>(stats), static_cast<const float*>(xent),
+          static_cast<const float*>(grad), static_cast<float*>(out), static_cast<float*>(gstats),
+          static_cast<float*>(gxent));
+      break;
+    case PixelDType::Double:
+      seg_combine_kernel<double><<<1, kCombineThreads, 0, stream>>>(
+          q, static_cast<const double*>(stats), static_cast<const double*>(xent),
+          static_cast<const double*>(grad), static_cast<double*>(out), static_cast<double*>(gstats),
+          static_cast<double*>(gxent));
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace fastgenloss

@@ -664,3 +664,37 @@ torch.library.register_autograd("fastgenloss::seg_stats", _seg_stats_backward,
                                 setup_context=_seg_stats_setup_context)
 torch.library.register_autograd("fastgenloss::seg_stats_bwd", _seg_second_order_error,
                                 setup_context=_no_setup)
+
+
+@torch.library.register_fake("fastgenloss::seg_combine")
+def _seg_combine_fake(stats, xent, overlap, bce, count, focal, binary, per_image, sum, log_loss,
+                      smooth, eps):
+    return stats.new_empty(())
+
+
+@torch.library.register_fake("fastgenloss::seg_combine_bwd")
+def _seg_combine_bwd_fake(grad, stats, xent, overlap, bce, count, focal, binary, per_image, sum,
+                          log_loss, smooth, eps):
+    return torch.empty_like(stats), torch.empty_like(xent)
+
+
+def _seg_combine_setup_context(ctx, inputs, output):
+    stats, xent, *params = inputs
+    ctx.save_for_backward(stats, xent)
+    ctx.params = tuple(params)
+
+
+def _seg_combine_backward(ctx, grad):
+    stats, xent = ctx.saved_tensors
+    nargs = 2 + len(ctx.params)
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return (None,) * nargs
+    gs, gx = torch.ops.fastgenloss.seg_combine_bwd(grad, stats, xent, *ctx.params)
+    return (gs if ctx.needs_input_grad[0] else None,
+            gx if ctx.needs_input_grad[1] else None) + (None,) * (nargs - 2)
+
+
+torch.library.register_autograd("fastgenloss::seg_combine", _seg_combine_backward,
+                                setup_context=_seg_combine_setup_context)
+torch.library.register_autograd("fastgenloss::seg_combine_bwd", _seg_second_order_error,
+                                setup_context=_no_setup)

@@ -19,9 +19,14 @@ Conventions (smp's, where MONAI differs):
   by every element, ignored ones included (torch's cross_entropy divides by the kept ones).
 - ``ignore_index`` elements take no part in any statistic and get a zero gradient.
 
-Where no kernel applies (probabilities as input, soft multiclass targets, CUDA unless
-FASTGENLOSS_SEG_CUDA_KERNEL=1 opts in to the not yet GPU-validated CUDA kernel) the same
-statistics are computed with PyTorch ops, and the second stage is shared.
+Where no kernel applies (probabilities as input, soft multiclass targets;
+FASTGENLOSS_SEG_CUDA_KERNEL=0 turns the CUDA kernel off) the same statistics are computed with
+PyTorch ops, and the second stage is shared.
+
+The second stage (statistics -> loss) is one op, seg_combine (csrc/include/fastgenloss/
+seg_combine.h), on the CPU, and on CUDA once FASTGENLOSS_SEG_CUDA_COMBINE=1 opts in (its CUDA
+kernel has not yet run on a GPU); elsewhere (classes, class_weights, process_group,
+reduction="none") it is the PyTorch ops below.
 
 The focal term (smp's FocalLoss: sigmoid per channel, one-vs-rest in multiclass mode) is two
 more statistics of the same pass, F = the focal loss summed and K = the number of kept
@@ -88,16 +93,26 @@ def _check(fn: str, input: Tensor, target: Tensor, mode: str):
     return x, target.reshape(n, c, m), MODES[mode], False
 
 
-# Whether CUDA tensors go through the hand-written seg_stats CUDA kernel. It builds and links
-# with the package but has not yet run on a GPU (no GPU was lent to the session that wrote it),
-# so it is opt-in until a GPU session validates it: FASTGENLOSS_SEG_CUDA_KERNEL=1 at import, or
-# fastgenloss._segmentation.CUDA_KERNEL = True. Otherwise CUDA tensors take the PyTorch-ops
-# path (the same statistics).
-CUDA_KERNEL = os.environ.get("FASTGENLOSS_SEG_CUDA_KERNEL", "0") == "1"
+# Whether CUDA tensors go through the hand-written seg_stats CUDA kernel (validated on an H100
+# on 2026-11-23: the CUDA cases of the suite pass, 1.1-2.8x faster than the PyTorch-ops path):
+# FASTGENLOSS_SEG_CUDA_KERNEL=0 at import, or fastgenloss._segmentation.CUDA_KERNEL = False,
+# turns it off (CUDA tensors then take the PyTorch-ops path, the same statistics).
+CUDA_KERNEL = os.environ.get("FASTGENLOSS_SEG_CUDA_KERNEL", "1") != "0"
+
+# Whether the second stage runs as the seg_combine op on CUDA too. Its CUDA kernel builds and
+# links but has not yet run on a GPU: opt-in (FASTGENLOSS_SEG_CUDA_COMBINE=1 at import, or
+# fastgenloss._segmentation.CUDA_COMBINE = True) until a GPU session validates it. The CPU
+# always takes it.
+CUDA_COMBINE = os.environ.get("FASTGENLOSS_SEG_CUDA_COMBINE", "0") == "1"
 
 
 def cuda_kernel_enabled() -> bool:
     return CUDA_KERNEL
+
+
+def _combine_enabled(stats: Tensor) -> bool:
+    dev = stats.device.type
+    return dev == "cpu" or (dev == "cuda" and CUDA_COMBINE)
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -119,6 +134,19 @@ def _is_nhwc_view(x: Tensor) -> bool:
             and (x.stride(0) == c * m or n == 1))
 
 
+def _check_labels(t: Tensor, c: int, ignore_index, keep: Tensor | None = None) -> None:
+    """ValueError naming the first label outside [0, C) that is not ignore_index (a pass over
+    the labels and a host synchronization)."""
+    if keep is None:
+        keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+    bad_at = keep & ((t < 0) | (t >= c))
+    if bool(bad_at.any()):
+        bad = t[bad_at][0].item()
+        raise ValueError(f"labels must be in [0, {c})" +
+                         (f" or ignore_index ({ignore_index})" if ignore_index is not None else "")
+                         + f", got {bad}")
+
+
 def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: bool,
                  ignore_index, eps: float, focal_gamma=None, focal_alpha=None):
     """(stats [N, C, 3 or 5], xent [N, C]) with PyTorch ops: the path where no kernel applies."""
@@ -135,11 +163,7 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
     if labels:
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         lab = (t.long() * keep)
-        if bool(((lab < 0) | (lab >= c)).any()):
-            bad = t[keep & ((t.long() < 0) | (t.long() >= c))][0].item()
-            raise ValueError(f"labels must be in [0, {c})" +
-                             (f" or ignore_index ({ignore_index})" if ignore_index is not None else "")
-                             + f", got {bad}")
+        _check_labels(t, c, ignore_index, keep)
         tt = F.one_hot(lab, c).permute(0, 2, 1).to(acc) * keep.unsqueeze(1)
         keep = keep.unsqueeze(1)
         logp = logits.log_softmax(1) if from_logits else logits
@@ -192,6 +216,16 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
     t = t.contiguous()
     fg = -1.0 if focal_gamma is None else float(focal_gamma)
     fa = -1.0 if focal_alpha is None else float(focal_alpha)
+    if labels and x.device.type == "cuda" and not torch.compiler.is_compiling():
+        # Labels checked here in eager mode (the kernel checks them too, and raises from C++
+        # under torch.compile): on the H100 image of 2026-11-23 (g++ 13.3, torch 2.11) an error
+        # raised from the CUDA op's C++ crashed the process (bench/results/NVIDIA-H100-80GB-
+        # HBM3-2026-11-23-NOTES.md); the cost is one pass over the labels, next to the kernel's
+        # own synchronization.
+        try:
+            _check_labels(t, x.shape[1], ignore_index)
+        except ValueError as e:
+            raise ValueError(f"{fn}: {e} (target {_desc(target)})") from None
     try:
         return torch.ops.fastgenloss.seg_stats(x, t, code, has_ignore, ig, fg, fa)
     except RuntimeError as e:
@@ -359,6 +393,16 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                             ignore_index=ignore_index, eps=eps,
                             focal_gamma=focal_gamma if focal else None,
                             focal_alpha=focal_alpha if focal else None, fn=_fn)
+    if (process_group is None and classes is None and class_weights is None
+            and reduction != "none" and (overlap or bce or focal) and _combine_enabled(stats)):
+        # the whole second stage in one op (the same terms as below)
+        count = 0
+        if bce:
+            count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
+        return torch.ops.fastgenloss.seg_combine(
+            stats, xent, [float(v) for term in overlap for v in term], float(bce), float(count),
+            float(focal), mode == "binary", bool(per_image), reduction == "sum", bool(log_loss),
+            float(smooth), float(eps))
     # batch-wide sums (over ranks too, with a process group) and per-image partial sums
     batch_stats = stats.sum(0, keepdim=True)
     per_image_losses = []

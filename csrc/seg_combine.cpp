@@ -1,0 +1,105 @@
+// The segmentation losses' second stage (fastgenloss/seg_combine.h): argument checks and the
+// plan, shared by the CPU and CUDA implementations, and the CPU implementation (a loop over
+// classes: the statistics are [N, C, S], a few thousand numbers).
+#include "fastgenloss/seg_combine_ops.h"
+
+#include <torch/library.h>
+
+namespace fastgenloss {
+
+namespace {
+constexpr const char* kOp = "fastgenloss::seg_combine";
+}
+
+SegCombine seg_combine_plan(const at::Tensor& stats, const at::Tensor& xent,
+                            at::ArrayRef<double> overlap, double bce, double count, double focal,
+                            bool binary, bool per_image, bool sum, bool log_loss, double smooth,
+                            double eps) {
+  TORCH_CHECK(stats.dim() == 3 && (stats.size(2) == 3 || stats.size(2) == 5) &&
+                  (stats.scalar_type() == at::kFloat || stats.scalar_type() == at::kDouble),
+              kOp, ": stats must be float32 or float64 [N, C, 3 or 5], got ", stats.scalar_type(),
+              " ", stats.sizes());
+  TORCH_CHECK(xent.dim() == 2 && xent.size(0) == stats.size(0) && xent.size(1) == stats.size(1) &&
+                  xent.scalar_type() == stats.scalar_type() && xent.device() == stats.device(),
+              kOp, ": xent must be [N, C] = [", stats.size(0), ", ", stats.size(1), "] of stats' dtype ",
+              stats.scalar_type(), " on ", stats.device(), ", got ", xent.scalar_type(), " ",
+              xent.sizes(), " on ", xent.device());
+  TORCH_CHECK(overlap.size() % 4 == 0 && overlap.size() / 4 <= size_t(kSegMaxOverlap), kOp,
+              ": overlap must hold (weight, alpha, beta, gamma) for at most ", kSegMaxOverlap,
+              " terms, got ", overlap.size(), " numbers");
+  SegCombine q{};
+  q.n = stats.size(0);
+  q.c = stats.size(1);
+  q.s = stats.size(2);
+  q.nterms = int(overlap.size() / 4);
+  for (int k = 0; k < q.nterms; ++k) {
+    q.w[k] = overlap[4 * k];
+    q.alpha[k] = overlap[4 * k + 1];
+    q.beta[k] = overlap[4 * k + 2];
+    q.gamma[k] = overlap[4 * k + 3];
+  }
+  q.bce = bce;
+  q.count = count;
+  q.focal = focal;
+  q.binary = binary;
+  q.per_image = per_image;
+  q.sum = sum;
+  q.log_loss = log_loss;
+  q.smooth = smooth;
+  q.eps = eps;
+  return q;
+}
+
+namespace {
+
+template <typename T>
+void totals_cpu(const SegCombine& q, const T* stats, const T* xent, double* tot) {
+  for (int i = 0; i < kSegTotals; ++i) tot[i] = 0.0;
+  for (int64_t c = 0; c < q.c; ++c) seg_combine_class(q, stats, xent, c, tot);
+}
+
+at::Tensor seg_combine_cpu(const at::Tensor& stats_, const at::Tensor& xent_,
+                           at::ArrayRef<double> overlap, double bce, double count, double focal,
+                           bool binary, bool per_image, bool sum, bool log_loss, double smooth,
+                           double eps) {
+  const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
+                                        per_image, sum, log_loss, smooth, eps);
+  const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
+  at::Tensor out = at::empty({}, stats.options());
+  AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "seg_combine", [&] {
+    double tot[kSegTotals];
+    totals_cpu(q, stats.const_data_ptr<scalar_t>(), xent.const_data_ptr<scalar_t>(), tot);
+    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(seg_combine_total(q, tot));
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> seg_combine_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& stats_, const at::Tensor& xent_,
+    at::ArrayRef<double> overlap, double bce, double count, double focal, bool binary,
+    bool per_image, bool sum, bool log_loss, double smooth, double eps) {
+  const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
+                                        per_image, sum, log_loss, smooth, eps);
+  TORCH_CHECK(grad.numel() == 1, kOp, ": grad must be a scalar, got ", grad.sizes());
+  const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
+  at::Tensor gstats = at::empty_like(stats), gxent = at::empty_like(xent);
+  AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "seg_combine_bwd", [&] {
+    const scalar_t* s = stats.const_data_ptr<scalar_t>();
+    double tot[kSegTotals];
+    totals_cpu(q, s, xent.const_data_ptr<scalar_t>(), tot);
+    const double g = grad.item<double>();
+    for (int64_t c = 0; c < q.c; ++c) {
+      seg_combine_class_grad(q, s, tot, g, c, gstats.mutable_data_ptr<scalar_t>(),
+                             gxent.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return {gstats, gxent};
+}
+
+}  // namespace
+}  // namespace fastgenloss
+
+TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {
+  m.impl("seg_combine", &fastgenloss::seg_combine_cpu);
+  m.impl("seg_combine_bwd", &fastgenloss::seg_combine_bwd_cpu);
+}
