@@ -393,12 +393,11 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                             ignore_index=ignore_index, eps=eps,
                             focal_gamma=focal_gamma if focal else None,
                             focal_alpha=focal_alpha if focal else None, fn=_fn)
+    # the cross-entropy mean's divisor: every element (multiclass: every position)
+    count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
     if (process_group is None and classes is None and class_weights is None
             and reduction != "none" and (overlap or bce or focal) and _combine_enabled(stats)):
         # the whole second stage in one op (the same terms as below)
-        count = 0
-        if bce:
-            count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
         return torch.ops.fastgenloss.seg_combine(
             stats, xent, [float(v) for term in overlap for v in term], float(bce), float(count),
             float(focal), mode == "binary", bool(per_image), reduction == "sum", bool(log_loss),
@@ -413,7 +412,6 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
             per_image_losses.append(loss)
     parts = [batch_stats]
     if bce:
-        count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
         parts += [xent.sum(), xent.new_tensor(float(count))]
     if process_group is not None and per_image and reduction != "none":
         for loss in per_image_losses:  # (weighted) sums over the local samples and their weights
