@@ -34,6 +34,13 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(i, j);
   });
   m.def("_gram_tile_index", &fastgenloss::gram_tile_index);
+  // the float32 kernel's TF32 rounding and three-part split, for the CPU tests (gram_plan.h)
+  m.def("_tf32_round", [](float v) { return fastgenloss::gram_tf32_round(v); });
+  m.def("_tf32_split3", [](float v) {
+    float hi = 0.0f, mid = 0.0f, lo = 0.0f;
+    fastgenloss::gram_tf32_split3(v, &hi, &mid, &lo);
+    return py::make_tuple(hi, mid, lo);
+  });
   m.def("_native_build_info", []() {
     py::dict d;
     d["version"] = FGL_VERSION;

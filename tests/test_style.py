@@ -4,6 +4,11 @@ Grams (broadcast), float16 Grams that would overflow, gradients, opcheck, torch.
 
 from __future__ import annotations
 
+import math
+import random
+import struct
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -227,7 +232,7 @@ class _kernel:
 
 def _tol(dtype):
     # against float64: bfloat16 / float16 operands carry their own rounding (8 / 11 bits); the
-    # float32 TF32 pair is float32-accurate; one TF32 product has TF32's 11 bits
+    # float32 split into three TF32 parts is float32-accurate; one TF32 product has TF32's 11 bits
     return {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 2e-5}[dtype]
 
 
@@ -289,7 +294,7 @@ def test_cuda_gram_kernel_tf32_follows_torch_setting():
     scale = want.abs().amax().item()
     e_exact = (exact.double() - want).abs().amax().item() / scale
     e_fast = (fast.double() - want).abs().amax().item() / scale
-    assert e_exact < 1e-5, e_exact        # the TF32 pair: float32 accuracy
+    assert e_exact < 1e-5, e_exact        # three TF32 parts: float32 accuracy
     assert e_fast < 5e-3, e_fast          # one TF32 product
     assert e_fast > 3 * e_exact           # and it did round to TF32
 
@@ -391,6 +396,100 @@ def test_gram_splits_cover_l_exactly(elem_bytes):
                         assert splits == 1
                     if splits > 1:
                         assert per >= 4 * step
+
+
+def _f32_bits(v):
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def _f32(b):
+    return struct.unpack("<f", struct.pack("<I", b))[0]
+
+
+def _tf32_rna(v):
+    # round to TF32, nearest with ties away from zero, by exact rational arithmetic on the
+    # float32's significand (no bit tricks: an independent statement of cvt.rna.tf32.f32)
+    b = _f32_bits(v)
+    if (b >> 23) & 0xFF == 0xFF:
+        return v
+    sign = -1 if b >> 31 else 1
+    e = (b >> 23) & 0xFF
+    frac = b & 0x7FFFFF
+    sig = (frac | 0x800000) if e else frac  # integer significand, unit 2^(e - 150) (or 2^-149)
+    unit = Fraction(2) ** ((e if e else 1) - 150)
+    q, r = divmod(sig, 1 << 13)  # keep 1 + 10 bits of a normal's 24: drop 13
+    if r >= 1 << 12:
+        q += 1
+    out = q * (1 << 13) * unit
+    if out >= 2**128:  # rounded past the largest float32
+        return sign * math.inf
+    return float(sign * out)
+
+
+def _tf32_values():
+    rng = random.Random(7)
+    vals = [0.0, -0.0, 1.0, -1.0, 3.0, 1.0 + 2**-23, 1.0 + 2**-11, 1.0 + 3 * 2**-12, 2**-149,
+            -2**-140, 2**-126, 1e-40, 3.4e38, -1.7e38, 65504.0, 1 / 3]
+    while len(vals) < 3000:
+        b = rng.getrandbits(32)
+        if (b >> 23) & 0xFF != 0xFF:  # any finite float32, subnormals included
+            vals.append(_f32(b))
+    for _ in range(3000):
+        vals.append(_f32(_f32_bits(rng.gauss(0, 1))))
+    # ties: exactly half a TF32 unit above a TF32 value
+    for _ in range(200):
+        b = (rng.getrandbits(31) & 0x7E7FE000) | 0x1000
+        vals.append(_f32(b))
+    return [_f32(_f32_bits(v)) for v in vals]  # as float32 values
+
+
+def test_tf32_round_is_cvt_rna():
+    for v in _tf32_values():
+        got = fgl._C._tf32_round(v)
+        assert got == _tf32_rna(v), (v, got)
+        assert _f32_bits(got) & 0x1FFF == 0, v
+    assert fgl._C._tf32_round(math.inf) == math.inf
+    assert math.isnan(fgl._C._tf32_round(math.nan))
+
+
+def test_tf32_split3_is_exact_and_its_six_products_carry_float32_accuracy():
+    vals = _tf32_values()
+    for v in vals:
+        hi, mid, lo = fgl._C._tf32_split3(v)
+        if math.isinf(hi):  # v within half a TF32 unit of the largest float32: rounds past it
+            assert abs(v) >= _f32(0x7F7FF000) and (mid, lo) == (0.0, 0.0), v
+            continue
+        for part in (hi, mid, lo):
+            assert _f32_bits(part) & 0x1FFF == 0, (v, part)  # each a TF32 value
+        total = Fraction(hi) + Fraction(mid) + Fraction(lo)
+        if abs(v) >= 2.0**-113:
+            assert total == Fraction(v), v
+        else:  # TF32's subnormals are multiples of 2^-136
+            assert abs(total - Fraction(v)) <= Fraction(2) ** -137, v
+        assert hi == _tf32_rna(v)
+    # the kernel's six products against the exact product: within 2^-30 of |a b| (float32's
+    # own rounding is 2^-24); the old TF32 pair (three products) was off by up to ~2^-21
+    rng = random.Random(3)
+    worst6 = worst3 = 0.0
+    for _ in range(4000):
+        a = _f32(_f32_bits(rng.gauss(0, 1) * 2.0 ** rng.randint(-20, 20)))
+        b = _f32(_f32_bits(rng.gauss(0, 1) * 2.0 ** rng.randint(-20, 20)))
+        ah, am, al = (Fraction(p) for p in fgl._C._tf32_split3(a))
+        bh, bm, bl = (Fraction(p) for p in fgl._C._tf32_split3(b))
+        exact = Fraction(a) * Fraction(b)
+        if exact == 0:
+            continue
+        six = al * bh + ah * bl + am * bm + am * bh + ah * bm + ah * bh
+        worst6 = max(worst6, float(abs(six - exact) / abs(exact)))
+        a_s = Fraction(_tf32_rna(float(Fraction(a) - ah)))
+        b_s = Fraction(_tf32_rna(float(Fraction(b) - bh)))
+        three = a_s * bh + ah * b_s + ah * bh
+        worst3 = max(worst3, float(abs(three - exact) / abs(exact)))
+    assert worst6 <= 2.0**-30, worst6
+    assert worst3 > 2.0**-24, worst3  # the test can tell the two schemes apart
+    # non-finite values: hi carries them, mid and lo are zero (no inf - inf = NaN)
+    assert fgl._C._tf32_split3(math.inf) == (math.inf, 0.0, 0.0)
+    assert fgl._C._tf32_split3(-math.inf) == (-math.inf, 0.0, 0.0)
 
 
 def _emulate(x, y, scale, target, elem_bytes=4, blocks_wanted=528):

@@ -29,10 +29,10 @@ GramLaunch plan(const at::Tensor& x, const at::Tensor& y) {
   GramLaunch a{};
   a.dtype = pixel_dtype(x.scalar_type());
   // float32: one TF32 product where torch allows TF32 for matmuls (what cuBLAS would do), else
-  // the TF32 pair (float32 accuracy)
+  // three TF32 parts and six products (float32 accuracy, gram_plan.h)
   a.math = x.scalar_type() != at::kFloat ? GramMath::Native
            : at::globalContext().allowTF32CuBLAS() ? GramMath::TF32
-                                                    : GramMath::TF32x3;
+                                                    : GramMath::F32;
   a.n = x.size(0);
   a.c = x.size(1);
   a.l = x.size(2);

@@ -97,15 +97,21 @@ struct Mma {
   }
 };
 
-// float32 operands on the TF32 tensor cores: rounded once (TF32), or split into a TF32 pair
-// x = big + small with acc += a_s b_b + a_b b_s + a_b b_b (TF32x3: the a_s b_s term is below
-// float32's rounding), small terms first.
+// float32 operands on the TF32 tensor cores: rounded once (GramMath::TF32, what cuBLAS does
+// where torch allows TF32), or (GramMath::F32) split into three TF32 parts hi + mid + lo
+// (exact, gram_plan.h) with the six products that carry float32 accuracy, smallest first, into
+// a partial of this 8-wide slice of K that is then added to the running sum with a float32
+// add. The tensor cores round their accumulator toward zero; a fresh partial per slice keeps
+// that rounding at the slice's magnitude instead of the running sum's (where its one-sided
+// error would build up along K), and the running sum is rounded to nearest.
 template <GramMath M>
 struct Mma<float, M> {
   using Cfg = GramCfg<float>;
   using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
   using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+  static constexpr int kParts = M == GramMath::TF32 ? 1 : 3;
+  Acc acc[2][2];
 
   __device__ __forceinline__ void zero() {
 #pragma unroll
@@ -114,41 +120,59 @@ struct Mma<float, M> {
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
 
+  // p[0] holds the loaded float32 values: into TF32 (p[0]) or the parts hi, mid, lo (p[0..2])
   template <typename Frag>
-  __device__ __forceinline__ static void split(Frag& big, Frag& small) {
+  __device__ __forceinline__ static void split(Frag (&p)[kParts]) {
 #pragma unroll
-    for (int t = 0; t < big.num_elements; ++t) {
-      const float v = big.x[t];
-      const float hi = wmma::__float_to_tf32(v);
-      big.x[t] = hi;
-      if constexpr (M == GramMath::TF32x3) small.x[t] = wmma::__float_to_tf32(__fsub_rn(v, hi));
+    for (int t = 0; t < p[0].num_elements; ++t) {
+      const float v = p[0].x[t];
+      if constexpr (kParts == 1) {
+        p[0].x[t] = gram_tf32_round(v);
+      } else {
+        float hi, mid, lo;
+        gram_tf32_split3(v, &hi, &mid, &lo);
+        p[0].x[t] = hi;
+        p[1].x[t] = mid;
+        p[2].x[t] = lo;
+      }
     }
   }
 
   __device__ __forceinline__ void step(const float* as, const float* bs) {
 #pragma unroll
     for (int kk = 0; kk < Cfg::kStep; kk += Cfg::kK) {
-      FragA fa[2], fas[2];
-      FragB fb[2], fbs[2];
+      FragA fa[2][kParts];
+      FragB fb[2][kParts];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        wmma::load_matrix_sync(fa[i], as + i * 16 * Cfg::kPitch + kk, Cfg::kPitch);
-        split(fa[i], fas[i]);
+        wmma::load_matrix_sync(fa[i][0], as + i * 16 * Cfg::kPitch + kk, Cfg::kPitch);
+        split(fa[i]);
       }
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        wmma::load_matrix_sync(fb[j], bs + j * 16 * Cfg::kPitch + kk, Cfg::kPitch);
-        split(fb[j], fbs[j]);
+        wmma::load_matrix_sync(fb[j][0], bs + j * 16 * Cfg::kPitch + kk, Cfg::kPitch);
+        split(fb[j]);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          if constexpr (M == GramMath::TF32x3) {
-            wmma::mma_sync(acc[i][j], fas[i], fb[j], acc[i][j]);
-            wmma::mma_sync(acc[i][j], fa[i], fbs[j], acc[i][j]);
+          if constexpr (M == GramMath::TF32) {
+            wmma::mma_sync(acc[i][j], fa[i][0], fb[j][0], acc[i][j]);
+          } else {
+            Acc part;
+            wmma::fill_fragment(part, 0.0f);
+            wmma::mma_sync(part, fa[i][2], fb[j][0], part);  // lo hi
+            wmma::mma_sync(part, fa[i][0], fb[j][2], part);  // hi lo
+            wmma::mma_sync(part, fa[i][1], fb[j][1], part);  // mid mid
+            wmma::mma_sync(part, fa[i][1], fb[j][0], part);  // mid hi
+            wmma::mma_sync(part, fa[i][0], fb[j][1], part);  // hi mid
+            wmma::mma_sync(part, fa[i][0], fb[j][0], part);  // hi hi
+#pragma unroll
+            for (int e = 0; e < part.num_elements; ++e) {
+              acc[i][j].x[e] = __fadd_rn(acc[i][j].x[e], part.x[e]);
+            }
           }
-          wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
         }
     }
   }
@@ -302,7 +326,7 @@ cudaError_t dispatch_gram(const GramLaunch& a, F&& f) {
       if (a.math == GramMath::TF32) {
         f(float{}, std::integral_constant<GramMath, GramMath::TF32>{});
       } else {
-        f(float{}, std::integral_constant<GramMath, GramMath::TF32x3>{});
+        f(float{}, std::integral_constant<GramMath, GramMath::F32>{});
       }
       break;
     default: return cudaErrorInvalidValue;

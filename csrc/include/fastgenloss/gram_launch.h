@@ -27,7 +27,7 @@ namespace fastgenloss {
 enum class GramMath : int {
   Native = 0,  // float16 / bfloat16 operands on the tensor cores
   TF32 = 1,    // float32 rounded to TF32 (what cuBLAS does when TF32 is allowed)
-  TF32x3 = 2,  // float32 as a TF32 pair (big + small): three products, float32 accuracy
+  F32 = 2,     // float32 as three TF32 parts (hi + mid + lo): six products, float32 accuracy
 };
 
 struct GramLaunch {

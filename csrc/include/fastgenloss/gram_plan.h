@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define FGL_GRAM_HD __host__ __device__ __forceinline__
@@ -55,6 +56,63 @@ inline GramSplits gram_splits(int64_t k_step, int64_t n, int64_t c, int64_t l, i
   if (s > 4096) s = 4096;
   const int64_t per = (ksteps + s - 1) / s;
   return GramSplits{(ksteps + per - 1) / per, per * k_step};
+}
+
+// ---- float32 operands on the TF32 tensor cores ----------------------------------------------
+// A TF32 operand is a float32 whose low 13 mantissa bits are zero (the tensor cores ignore
+// them): 1 + 10 significant bits. A float32 (1 + 23 bits) is exactly the sum of three such
+// parts, hi + mid + lo, and a product a b is then, to within 2^-32 of |a b|, the sum of the six
+// products lo_a hi_b + hi_a lo_b + mid_a mid_b + mid_a hi_b + hi_a mid_b + hi_a hi_b (the three
+// dropped ones, mid lo, lo mid and lo lo, are each below 2^-32 |a b|). Two parts (hi + small,
+// three products: "3xTF32") leave ~2^-22 per product, four times float32's rounding, which the
+// float32 style-loss tests caught on an H100 (2026-11-23).
+
+FGL_GRAM_HD uint32_t gram_f32_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+#endif
+}
+
+FGL_GRAM_HD float gram_f32_from_bits(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+#endif
+}
+
+// v rounded to TF32, to nearest with ties away from zero (PTX cvt.rna.tf32.f32); infinities
+// stay, a NaN stays a NaN.
+FGL_GRAM_HD float gram_tf32_round(float v) {
+  const uint32_t b = gram_f32_bits(v);
+  const uint32_t rounded = (b + 0x1000u) & 0xffffe000u;
+  const uint32_t special = (b & 0x007fffffu) != 0 ? 0x7fffe000u : b;  // NaN : +-inf
+  return gram_f32_from_bits((b & 0x7f800000u) == 0x7f800000u ? special : rounded);
+}
+
+// v = hi + mid + lo, each part TF32: exactly for finite |v| >= 2^-113 (the residuals are exact
+// float32 subtractions: v - hi has at most 13 significant bits, v - hi - mid at most 2), to
+// within 2^-137 below (TF32's subnormals are multiples of 2^-136). A non-finite v, or one that
+// rounds past the largest float32, gives hi = +-inf (or NaN) and zero mid and lo.
+FGL_GRAM_HD void gram_tf32_split3(float v, float* hi, float* mid, float* lo) {
+  const float h = gram_tf32_round(v);
+  if ((gram_f32_bits(h) & 0x7f800000u) == 0x7f800000u) {
+    *hi = h;
+    *mid = 0.0f;
+    *lo = 0.0f;
+    return;
+  }
+  const float r = v - h;
+  const float m = gram_tf32_round(r);
+  *hi = h;
+  *mid = m;
+  *lo = gram_tf32_round(r - m);
 }
 
 }  // namespace fastgenloss
