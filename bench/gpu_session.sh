@@ -86,8 +86,25 @@ case "$stage" in
   crash-bt)
     # The C++-error crash of this image (see bench/results/*-2026-11-23-NOTES.md): a native
     # backtrace of the first crashing test under cuda-gdb (gdb is not installed there).
-    cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args python -m pytest -q -p no:cacheprovider \
-      tests/test_errors.py -k test_direct_op_call_is_checked_in_cpp 2>&1 | tail -120 | log || true
+    # One direct op call with a bad shape (the smallest reproduction), then: where the fault is
+    # (symbol, the faulting instructions, the stack pointer's alignment), which libstdc++ /
+    # libgcc_s the process loaded, and whether _C.so carries its own copies of libstdc++'s
+    # stream templates (an earlier note saw the fault "in a copy of _M_insert<long> in _C").
+    cat > /tmp/fgl_crash.py <<'PY'
+import torch, fastgenloss
+torch.ops.fastgenloss.pixel_fwd(torch.randn(4), torch.randn(3), None, 1.0, 0.0, 0.0, 0.0, 0.0,
+                                1e-3, 1.0, 1.0, 1, False)
+PY
+    so=$(cd /tmp && python -c "import fastgenloss._C as m; print(m.__file__)")
+    { echo "== _C: $so"; ldd "$so" | grep -E "stdc|gcc_s|gomp|torch_cpu|c10"
+      echo "== stream template definitions inside _C (T/W = defined here)"
+      nm -C "$so" | grep -E "_M_insert<|__ostream_insert|num_put" | grep -v " U " | head -20
+      echo "== g++ / libstdc++"; g++ --version | head -1; g++ -print-file-name=libstdc++.so.6
+      python -c "import fastgenloss; print(fastgenloss.build_info())"; } 2>&1 | log
+    cuda-gdb -batch -ex run -ex bt -ex "info symbol \$pc" -ex "x/6i \$pc" -ex "p/x \$rsp" \
+      -ex "info registers rip rsp rbp rdi rsi" -ex "info sharedlibrary" \
+      --args python /tmp/fgl_crash.py 2>&1 | tail -150 | log || true
+    python -X faulthandler /tmp/fgl_crash.py 2>&1 | tail -5 | log || true
     ;;
   bench)
     FGL_BENCH_DEVICE=cuda python -m pytest bench/bench_pixel.py -q -p no:cacheprovider \

@@ -220,6 +220,10 @@ TORCH_LIBRARY(fastgenloss, m) {
   m.def(
       "seg_stats_bwd(Tensor grad_stats, Tensor grad_xent, Tensor input, Tensor target, int mode, "
       "bool has_ignore, int ignore_index, float focal_gamma=-1.0, float focal_alpha=-1.0) -> Tensor");
+  // integer labels [N, M] (any integer dtype) checked against [0, num_classes) or ignore_index
+  // (an error naming the first bad label) -> int64 labels with the ignored ones set to 0: the
+  // PyTorch-ops statistics' labels under torch.compile, where Python cannot branch on the data
+  m.def("seg_labels(Tensor target, int num_classes, bool has_ignore, int ignore_index) -> Tensor");
   // the segmentation losses' second stage (fastgenloss/seg_combine.h): statistics -> the scalar
   // loss (the statistics' dtype); overlap = (weight, alpha, beta, gamma) per overlap term; the
   // backward gives (grad_stats, grad_xent)

@@ -97,7 +97,36 @@ std::tuple<at::Tensor, at::Tensor> seg_combine_bwd_cpu(
 }
 
 }  // namespace
+
+// seg_labels on any device (ATen ops): one pass for the check, whose result the host reads
+at::Tensor seg_labels(const at::Tensor& target, int64_t num_classes, bool has_ignore,
+                      int64_t ignore_index) {
+  constexpr const char* op = "fastgenloss::seg_labels";
+  TORCH_CHECK(!at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type()) &&
+                  target.scalar_type() != at::kBool,
+              op, ": labels must be an integer tensor, got ", target.scalar_type());
+  TORCH_CHECK(num_classes > 0, op, ": num_classes must be positive, got ", num_classes);
+  at::Tensor t = target.to(at::kLong, /*non_blocking=*/false, /*copy=*/true);  // never an alias
+  const at::Tensor keep = has_ignore ? t.ne(ignore_index) : at::ones_like(t, t.options().dtype(at::kBool));
+  const at::Tensor bad = keep.logical_and(t.lt(0).logical_or(t.ge(num_classes)));
+  if (bad.any().item<bool>()) {
+    const int64_t v = t.masked_select(bad).index({0}).item<int64_t>();
+    if (has_ignore) {
+      TORCH_CHECK(false, op, ": labels must be in [0, ", num_classes, ") or ignore_index (",
+                  ignore_index, "), got ", v);
+    }
+    TORCH_CHECK(false, op, ": labels must be in [0, ", num_classes, "), got ", v,
+                " (pass ignore_index for labels to leave out)");
+  }
+  if (has_ignore) t.masked_fill_(keep.logical_not(), 0);
+  return t;
+}
+
 }  // namespace fastgenloss
+
+TORCH_LIBRARY_IMPL(fastgenloss, CompositeExplicitAutograd, m) {
+  m.impl("seg_labels", &fastgenloss::seg_labels);
+}
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {
   m.impl("seg_combine", &fastgenloss::seg_combine_cpu);

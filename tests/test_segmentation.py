@@ -188,6 +188,47 @@ def test_compile_fullgraph(device):
     torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
 
 
+def test_compile_fullgraph_probabilities_with_labels(device):
+    # probabilities as input take the PyTorch-ops statistics, whose label check branches on the
+    # data in eager mode; traced, it is an assertion the graph runs
+    x, t = make("multiclass", (8, 8), device=device, ignore=True)
+    p = x.detach().softmax(1).requires_grad_(True)
+    f = lambda a, b: fgl.segmentation_loss(a, b, "multiclass", from_logits=False,  # noqa: E731
+                                           ignore_index=IGNORE, dice=1.0, iou=1.0, bce=0.8)
+    fn = torch.compile(f, fullgraph=True)
+    got = fn(p, t)
+    want = f(p, t)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, p)[0], torch.autograd.grad(want, p)[0])
+    bad = t.clone()
+    bad.view(-1)[3] = C + 2
+    with pytest.raises(RuntimeError, match=r"labels must be in \[0, %d\) or ignore_index "
+                                            r"\(%d\), got %d" % (C, IGNORE, C + 2)):
+        fn(p.detach(), bad)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int32, torch.int64], ids=str)
+def test_seg_labels_op(device, label_dtype):
+    # the compiled ops path's label op: int64 labels, ignored ones 0, never an alias; errors
+    # name the first bad label; opcheck (fake kernel, schema)
+    t = torch.tensor([[0, 4, 255, 2], [1, 255, 3, 0]], dtype=label_dtype, device=device)
+    got = torch.ops.fastgenloss.seg_labels(t, 5, True, 255)
+    assert got.dtype == torch.int64 and got.device == t.device
+    assert got.tolist() == [[0, 4, 0, 2], [1, 0, 3, 0]]
+    t64 = t.long()
+    out = torch.ops.fastgenloss.seg_labels(t64, 256, False, 0)
+    assert torch.equal(out, t64) and out.data_ptr() != t64.data_ptr()
+    torch.library.opcheck(torch.ops.fastgenloss.seg_labels.default, (t, 5, True, 255))
+    with pytest.raises(RuntimeError, match=r"seg_labels: labels must be in \[0, 4\) or "
+                                            r"ignore_index \(255\), got 4"):
+        torch.ops.fastgenloss.seg_labels(t, 4, True, 255)
+    with pytest.raises(RuntimeError, match=r"labels must be in \[0, 5\), got 255 \(pass "
+                                            r"ignore_index"):
+        torch.ops.fastgenloss.seg_labels(t, 5, False, 0)
+    with pytest.raises(RuntimeError, match=r"labels must be an integer tensor, got Float"):
+        torch.ops.fastgenloss.seg_labels(t.float(), 5, False, 0)
+
+
 def test_deterministic_across_thread_counts():
     x, t = make("multiclass", (64, 200), n=3, seed=12)
     x = x.float().detach().requires_grad_(True)

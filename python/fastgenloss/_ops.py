@@ -666,6 +666,11 @@ torch.library.register_autograd("fastgenloss::seg_stats_bwd", _seg_second_order_
                                 setup_context=_no_setup)
 
 
+@torch.library.register_fake("fastgenloss::seg_labels")
+def _seg_labels_fake(target, num_classes, has_ignore, ignore_index):
+    return torch.empty_like(target, dtype=torch.long, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("fastgenloss::seg_combine")
 def _seg_combine_fake(stats, xent, overlap, bce, count, focal, binary, per_image, sum, log_loss,
                       smooth, eps):

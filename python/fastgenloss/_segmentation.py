@@ -162,8 +162,16 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
         logits = torch.log(q) if mode == SEG_MULTICLASS else torch.log(q / (1 - q))
     if labels:
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        lab = (t.long() * keep)
-        _check_labels(t, c, ignore_index, keep)
+        if torch.compiler.is_compiling():
+            # a traced graph cannot branch on the labels: the op checks them (and raises) as
+            # the graph runs
+            # (an ignore_index no integer equals ignores nothing, as in eager mode)
+            has_ignore = ignore_index is not None and float(int(ignore_index)) == float(ignore_index)
+            lab = torch.ops.fastgenloss.seg_labels(t, c, has_ignore,
+                                                   int(ignore_index) if has_ignore else 0)
+        else:
+            lab = (t.long() * keep)
+            _check_labels(t, c, ignore_index, keep)
         tt = F.one_hot(lab, c).permute(0, 2, 1).to(acc) * keep.unsqueeze(1)
         keep = keep.unsqueeze(1)
         logp = logits.log_softmax(1) if from_logits else logits
