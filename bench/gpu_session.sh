@@ -16,11 +16,12 @@
 #   bash bench/gpu_session.sh device-times      # device time and launches per step (torch.profiler)
 #   bash bench/gpu_session.sh main     # python -m fastgenloss on CUDA
 #
-# bench/gpu_run.sh chains stages in one call, each under its own limit. A cold build takes far
-# longer than the 140 s of 2026-11-22 now (seg_cpu.cpp's per-variant AVX2 kernels: one
-# translation unit of several minutes; on 2026-11-23 three calls of 230 + 300 + 325 s did not
-# finish it, since a stage stopped at its limit restarts the unfinished objects): give the first
-# call's build stage 450 s or more and nothing else.
+# bench/gpu_run.sh chains stages in one call, each under its own limit. On 2026-11-23 a cold
+# build took three calls (230 + 300 + 325 s, a stage stopped at its limit restarts the
+# unfinished objects): seg_cpu.cpp's per-variant AVX2 kernels were one translation unit of
+# several minutes. They are now 8 files (and pixel_cpu.cpp 4) that compile in parallel, the
+# longest ~1 min of a core here; the cold build has not been timed on a GPU machine since, so
+# still give the first call's build stage 450 s and nothing else.
 #
 # Logs go to $OUT (the device tool's folder that comes back) or bench/results/; name them
 # <gpu>-<date>-<stage> and commit them under bench/results/. The GPU machines are offline and
