@@ -311,3 +311,13 @@ void bwd(const at::Tensor& go, const PixelOperands& o, const at::Tensor& loss,
 
 }  // namespace pixel_cpu
 }  // namespace fastgenloss
+
+// The explicit instantiations of one dtype's entry points (one pixel_cpu_<dtype>.cpp each).
+#define FGL_PIXEL_CPU_INSTANTIATE(T)                                                          \
+  namespace fastgenloss::pixel_cpu {                                                          \
+  template void fwd_reduce<T>(const PixelOperands&, at::Tensor*, const PixelParams&,          \
+                              at::Tensor&, at::Tensor*);                                      \
+  template void fwd_none<T>(const PixelOperands&, const PixelParams&, at::Tensor&);           \
+  template void bwd<T>(const at::Tensor&, const PixelOperands&, const at::Tensor&,            \
+                       const at::Tensor&, const PixelParams&, at::Tensor*, at::Tensor*);      \
+  }
