@@ -559,6 +559,12 @@ COMBINE_CASES = [
     ("multilabel", dict(dice=0.0, iou=1.0, bce=1.0, focal=0.5, focal_gamma=0.5, per_image=True)),
     ("multilabel", dict(dice=1.0, iou=0.0, bce=0.0, tversky=1.0, tversky_gamma=0.75,
                         log_loss=True, eps=1e-3)),
+    # classes: the overlap terms over the selected classes (a repeat counts twice, a negative
+    # index from the end), BCE / focal over all of them
+    ("multiclass", dict(dice=1.0, iou=1.0, bce=0.8, classes=[3, 1, 1, -1])),
+    ("multiclass", dict(dice=1.0, iou=0.0, bce=0.0, focal=0.5, tversky=0.5, tversky_gamma=2.0,
+                        classes=[0, 2], per_image=True)),
+    ("multilabel", dict(dice=0.5, iou=1.0, bce=1.0, classes=(4, 0), reduction="sum")),
 ]
 
 
@@ -618,6 +624,16 @@ def test_combine_op_is_one_op_each_way():
     assert bwd.ops["fastgenloss.seg_combine_bwd.default"] == 1
     assert sum(fwd.ops.values()) <= 6, fwd.ops
     assert sum(bwd.ops.values()) <= 6, bwd.ops
+    # classes: two ops each way (the overlap terms on the selected classes, BCE on all)
+    with Count() as fwd:
+        loss = fgl.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0, bce=0.8,
+                                     classes=[1, 3])
+    with Count() as bwd:
+        loss.backward()
+    assert fwd.ops["fastgenloss.seg_combine.default"] == 2
+    assert bwd.ops["fastgenloss.seg_combine_bwd.default"] == 2
+    assert sum(fwd.ops.values()) <= 12, fwd.ops
+    assert sum(bwd.ops.values()) <= 14, bwd.ops
 
 
 @pytest.mark.parametrize("per_image", [False, True])

@@ -256,15 +256,25 @@ def _from_stats(stats: Tensor, *, alpha: float, beta: float, smooth: float, eps:
     return loss * (T > 0).to(loss.dtype)
 
 
+def _class_index(classes, c: int, device, fn: str) -> Tensor:
+    """``classes`` as int64 indices into the c channels (negative ones from the end)."""
+    if isinstance(classes, Tensor):
+        vals = [int(v) for v in classes.reshape(-1).tolist()]
+    elif isinstance(classes, int):
+        vals = [classes]
+    else:
+        vals = [int(v) for v in classes]
+    if any(v < -c or v >= c for v in vals):
+        raise ValueError(f"{fn}: classes must index the {c} channels, got {vals}")
+    return torch.tensor([v % c for v in vals], dtype=torch.long, device=device)
+
+
 def _select(loss: Tensor, classes, class_weights, fn: str):
     """(the losses of ``classes`` only, their class weights or None)."""
     c = loss.shape[-1]
     idx = None
     if classes is not None:
-        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device).reshape(-1)
-        if idx.numel() and (int(idx.min()) < -c or int(idx.max()) >= c):
-            raise ValueError(f"{fn}: classes must index the {c} channels, got {list(idx.tolist())}")
-        idx = idx % c
+        idx = _class_index(classes, c, loss.device, fn)
         loss = loss.index_select(-1, idx)
     w = None
     if class_weights is not None:
@@ -403,13 +413,22 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                             focal_alpha=focal_alpha if focal else None, fn=_fn)
     # the cross-entropy mean's divisor: every element (multiclass: every position)
     count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
-    if (process_group is None and classes is None and class_weights is None
+    if (process_group is None and class_weights is None
             and reduction != "none" and (overlap or bce or focal) and _combine_enabled(stats)):
         # the whole second stage in one op (the same terms as below)
-        return torch.ops.fastgenloss.seg_combine(
-            stats, xent, [float(v) for term in overlap for v in term], float(bce), float(count),
-            float(focal), mode == "binary", bool(per_image), reduction == "sum", bool(log_loss),
-            float(smooth), float(eps))
+        def combine(st, xe, terms, b, f):
+            return torch.ops.fastgenloss.seg_combine(
+                st, xe, [float(v) for term in terms for v in term], float(b), float(count),
+                float(f), mode == "binary", bool(per_image), reduction == "sum",
+                bool(log_loss), float(smooth), float(eps))
+
+        if classes is None or not overlap:
+            return combine(stats, xent, overlap, bce, focal)
+        # classes: the overlap terms over the selected classes' statistics (index_select, as
+        # _select picks their losses: repeats count twice), BCE and focal over every class
+        idx = _class_index(classes, stats.shape[1], stats.device, _fn)
+        loss = combine(stats.index_select(1, idx), xent.index_select(1, idx), overlap, 0.0, 0.0)
+        return loss + combine(stats, xent, [], bce, focal) if (bce or focal) else loss
     # batch-wide sums (over ranks too, with a process group) and per-image partial sums
     batch_stats = stats.sum(0, keepdim=True)
     per_image_losses = []

@@ -371,8 +371,9 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
 
 def _aggregate(loss: Tensor, classes, class_weights, reduction: str) -> Tensor:
     """Per-class (or [N, C]) losses -> smp's class mean, or class_weights' weighted mean."""
-    if classes is not None:
-        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device)
+    if classes is not None:  # smp's loss[classes]: repeats count again, negatives from the end
+        idx = torch.as_tensor(classes, dtype=torch.long, device=loss.device).reshape(-1)
+        idx = idx % loss.shape[-1]
         loss = loss.index_select(-1, idx)
     if reduction == "none":
         return loss
