@@ -2,6 +2,7 @@
 // plan, shared by the CPU and CUDA implementations, and the CPU implementation (a loop over
 // classes: the statistics are [N, C, S], a few thousand numbers).
 #include "fastgenloss/seg_combine_ops.h"
+#include "fastgenloss/seg_errors.h"
 
 #include <torch/library.h>
 
@@ -110,13 +111,8 @@ at::Tensor seg_labels(const at::Tensor& target, int64_t num_classes, bool has_ig
   const at::Tensor keep = has_ignore ? t.ne(ignore_index) : at::ones_like(t, t.options().dtype(at::kBool));
   const at::Tensor bad = keep.logical_and(t.lt(0).logical_or(t.ge(num_classes)));
   if (bad.any().item<bool>()) {
-    const int64_t v = t.masked_select(bad).index({0}).item<int64_t>();
-    if (has_ignore) {
-      TORCH_CHECK(false, op, ": labels must be in [0, ", num_classes, ") or ignore_index (",
-                  ignore_index, "), got ", v);
-    }
-    TORCH_CHECK(false, op, ": labels must be in [0, ", num_classes, "), got ", v,
-                " (pass ignore_index for labels to leave out)");
+    seg_raise_bad_label(op, num_classes, has_ignore, ignore_index,
+                        t.masked_select(bad).index({0}).item<int64_t>());
   }
   if (has_ignore) t.masked_fill_(keep.logical_not(), 0);
   return t;

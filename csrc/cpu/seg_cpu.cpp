@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "seg_cpu.h"
+#include "fastgenloss/seg_errors.h"
 #include "fastgenloss/seg_math.h"
 #include "fastgenloss/host_memory.h"
 
@@ -50,13 +51,7 @@ bool channels_last_view(const at::Tensor& x) {
 }
 
 void raise_bad_label(const BadLabel& bad, int64_t c, bool has_ignore, int64_t ignore) {
-  if (!bad.seen.load()) return;
-  if (has_ignore) {
-    TORCH_CHECK(false, kOp, ": labels must be in [0, ", c, ") or ignore_index (", ignore,
-                "), got ", bad.value.load());
-  }
-  TORCH_CHECK(false, kOp, ": labels must be in [0, ", c, "), got ", bad.value.load(),
-              " (pass ignore_index for labels to leave out)");
+  if (bad.seen.load()) seg_raise_bad_label(kOp, c, has_ignore, ignore, bad.value.load());
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "fastgenloss/seg_combine_ops.h"
+#include "fastgenloss/seg_errors.h"
 #include "fastgenloss/seg_launch.h"
 #include "fastgenloss/seg_math.h"
 #include "glue.h"
@@ -91,14 +92,7 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cuda(const at::Tensor& input, const
   if (mc && n * m > 0) {
     const at::Tensor hb = bad.cpu();
     const int64_t* h = hb.const_data_ptr<int64_t>();
-    if (h[0] != 0) {
-      if (has_ignore) {
-        TORCH_CHECK(false, kOp, ": labels must be in [0, ", c, ") or ignore_index (", ignore_index,
-                    "), got ", h[1]);
-      }
-      TORCH_CHECK(false, kOp, ": labels must be in [0, ", c, "), got ", h[1],
-                  " (pass ignore_index for labels to leave out)");
-    }
+    if (h[0] != 0) seg_raise_bad_label(kOp, c, has_ignore, ignore_index, h[1]);
   }
   return {stats, xent};
 }

@@ -438,19 +438,15 @@ cudaError_t launch_seg_combine(const SegCombine& q, PixelDType dtype, const void
                                const void* xent, const void* grad, void* out, void* gstats,
                                void* gxent, cudaStream_t stream) {
   if (grad != nullptr && q.n * q.c == 0) return cudaSuccess;
-  switch (dtype) {
-    case PixelDType::Float:
-      seg_combine_kernel<float><<<1, kCombineThreads, 0, stream>>>(
-          q, static_cast<const float*>(stats), static_cast<const float*>(xent),
-          static_cast<const float*>(grad), static_cast<float*>(out), static_cast<float*>(gstats),
-          static_cast<float*>(gxent));
-      break;
-    case PixelDType::Double:
-      seg_combine_kernel<double><<<1, kCombineThreads, 0, stream>>>(
-          q, static_cast<const double*>(stats), static_cast<const double*>(xent),
-          static_cast<const double*>(grad), static_cast<double*>(out), static_cast<double*>(gstats),
-          static_cast<double*>(gxent));
-      break;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    seg_combine_kernel<T><<<1, kCombineThreads, 0, stream>>>(
+        q, static_cast<const T*>(stats), static_cast<const T*>(xent), static_cast<const T*>(grad),
+        static_cast<T*>(out), static_cast<T*>(gstats), static_cast<T*>(gxent));
+  };
+  switch (dtype) {  // the statistics' dtypes only
+    case PixelDType::Float: run(float{}); break;
+    case PixelDType::Double: run(double{}); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

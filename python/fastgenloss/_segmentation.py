@@ -164,8 +164,7 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         if torch.compiler.is_compiling():
             # a traced graph cannot branch on the labels: the op checks them (and raises) as
-            # the graph runs
-            # (an ignore_index no integer equals ignores nothing, as in eager mode)
+            # the graph runs; an ignore_index no integer equals ignores nothing, as in eager mode
             has_ignore = ignore_index is not None and float(int(ignore_index)) == float(ignore_index)
             lab = torch.ops.fastgenloss.seg_labels(t, c, has_ignore,
                                                    int(ignore_index) if has_ignore else 0)
