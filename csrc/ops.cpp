@@ -225,16 +225,17 @@ TORCH_LIBRARY(fastgenloss, m) {
   // PyTorch-ops statistics' labels under torch.compile, where Python cannot branch on the data
   m.def("seg_labels(Tensor target, int num_classes, bool has_ignore, int ignore_index) -> Tensor");
   // the segmentation losses' second stage (fastgenloss/seg_combine.h): statistics -> the scalar
-  // loss (the statistics' dtype); overlap = (weight, alpha, beta, gamma) per overlap term; the
-  // backward gives (grad_stats, grad_xent)
+  // loss (the statistics' dtype); overlap = (weight, alpha, beta, gamma) per overlap term;
+  // class_weights [C] weight the overlap and focal terms' class averages; the backward gives
+  // (grad_stats, grad_xent)
   m.def(
       "seg_combine(Tensor stats, Tensor xent, float[] overlap, float bce, float count, "
       "float focal, bool binary, bool per_image, bool sum, bool log_loss, float smooth, "
-      "float eps) -> Tensor");
+      "float eps, Tensor? class_weights=None) -> Tensor");
   m.def(
       "seg_combine_bwd(Tensor grad, Tensor stats, Tensor xent, float[] overlap, float bce, "
       "float count, float focal, bool binary, bool per_image, bool sum, bool log_loss, "
-      "float smooth, float eps) -> (Tensor, Tensor)");
+      "float smooth, float eps, Tensor? class_weights=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgenloss, CPU, m) {

@@ -15,7 +15,8 @@ constexpr const char* kOp = "fastgenloss::seg_combine";
 SegCombine seg_combine_plan(const at::Tensor& stats, const at::Tensor& xent,
                             at::ArrayRef<double> overlap, double bce, double count, double focal,
                             bool binary, bool per_image, bool sum, bool log_loss, double smooth,
-                            double eps) {
+                            double eps, const std::optional<at::Tensor>& class_weights,
+                            at::Tensor* weights) {
   TORCH_CHECK(stats.dim() == 3 && (stats.size(2) == 3 || stats.size(2) == 5) &&
                   (stats.scalar_type() == at::kFloat || stats.scalar_type() == at::kDouble),
               kOp, ": stats must be float32 or float64 [N, C, 3 or 5], got ", stats.scalar_type(),
@@ -28,6 +29,16 @@ SegCombine seg_combine_plan(const at::Tensor& stats, const at::Tensor& xent,
   TORCH_CHECK(overlap.size() % 4 == 0 && overlap.size() / 4 <= size_t(kSegMaxOverlap), kOp,
               ": overlap must hold (weight, alpha, beta, gamma) for at most ", kSegMaxOverlap,
               " terms, got ", overlap.size(), " numbers");
+  *weights = at::Tensor();
+  if (class_weights.has_value() && class_weights->defined()) {
+    const at::Tensor& w = *class_weights;
+    TORCH_CHECK(w.dim() == 1 && w.size(0) == stats.size(1) &&
+                    w.scalar_type() == stats.scalar_type() && w.device() == stats.device(),
+                kOp, ": class_weights must be [C] = [", stats.size(1), "] of stats' dtype ",
+                stats.scalar_type(), " on ", stats.device(), ", got ", w.scalar_type(), " ",
+                w.sizes(), " on ", w.device());
+    *weights = w.contiguous();
+  }
   SegCombine q{};
   q.n = stats.size(0);
   q.c = stats.size(1);
@@ -54,22 +65,24 @@ SegCombine seg_combine_plan(const at::Tensor& stats, const at::Tensor& xent,
 namespace {
 
 template <typename T>
-void totals_cpu(const SegCombine& q, const T* stats, const T* xent, double* tot) {
+void totals_cpu(const SegCombine& q, const T* stats, const T* xent, const T* weights, double* tot) {
   for (int i = 0; i < kSegTotals; ++i) tot[i] = 0.0;
-  for (int64_t c = 0; c < q.c; ++c) seg_combine_class(q, stats, xent, c, tot);
+  for (int64_t c = 0; c < q.c; ++c) seg_combine_class(q, stats, xent, weights, c, tot);
 }
 
 at::Tensor seg_combine_cpu(const at::Tensor& stats_, const at::Tensor& xent_,
                            at::ArrayRef<double> overlap, double bce, double count, double focal,
                            bool binary, bool per_image, bool sum, bool log_loss, double smooth,
-                           double eps) {
+                           double eps, const std::optional<at::Tensor>& class_weights) {
+  at::Tensor w;
   const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
-                                        per_image, sum, log_loss, smooth, eps);
+                                        per_image, sum, log_loss, smooth, eps, class_weights, &w);
   const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
   at::Tensor out = at::empty({}, stats.options());
   AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "seg_combine", [&] {
     double tot[kSegTotals];
-    totals_cpu(q, stats.const_data_ptr<scalar_t>(), xent.const_data_ptr<scalar_t>(), tot);
+    totals_cpu(q, stats.const_data_ptr<scalar_t>(), xent.const_data_ptr<scalar_t>(),
+               static_cast<const scalar_t*>(seg_weights_ptr(w)), tot);
     *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(seg_combine_total(q, tot));
   });
   return out;
@@ -78,19 +91,22 @@ at::Tensor seg_combine_cpu(const at::Tensor& stats_, const at::Tensor& xent_,
 std::tuple<at::Tensor, at::Tensor> seg_combine_bwd_cpu(
     const at::Tensor& grad, const at::Tensor& stats_, const at::Tensor& xent_,
     at::ArrayRef<double> overlap, double bce, double count, double focal, bool binary,
-    bool per_image, bool sum, bool log_loss, double smooth, double eps) {
+    bool per_image, bool sum, bool log_loss, double smooth, double eps,
+    const std::optional<at::Tensor>& class_weights) {
+  at::Tensor w;
   const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
-                                        per_image, sum, log_loss, smooth, eps);
+                                        per_image, sum, log_loss, smooth, eps, class_weights, &w);
   TORCH_CHECK(grad.numel() == 1, kOp, ": grad must be a scalar, got ", grad.sizes());
   const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
   at::Tensor gstats = at::empty_like(stats), gxent = at::empty_like(xent);
   AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "seg_combine_bwd", [&] {
     const scalar_t* s = stats.const_data_ptr<scalar_t>();
+    const auto* wp = static_cast<const scalar_t*>(seg_weights_ptr(w));
     double tot[kSegTotals];
-    totals_cpu(q, s, xent.const_data_ptr<scalar_t>(), tot);
+    totals_cpu(q, s, xent.const_data_ptr<scalar_t>(), wp, tot);
     const double g = grad.item<double>();
     for (int64_t c = 0; c < q.c; ++c) {
-      seg_combine_class_grad(q, s, tot, g, c, gstats.mutable_data_ptr<scalar_t>(),
+      seg_combine_class_grad(q, s, wp, tot, g, c, gstats.mutable_data_ptr<scalar_t>(),
                              gxent.mutable_data_ptr<scalar_t>());
     }
   });

@@ -565,6 +565,17 @@ COMBINE_CASES = [
     ("multiclass", dict(dice=1.0, iou=0.0, bce=0.0, focal=0.5, tversky=0.5, tversky_gamma=2.0,
                         classes=[0, 2], per_image=True)),
     ("multilabel", dict(dice=0.5, iou=1.0, bce=1.0, classes=(4, 0), reduction="sum")),
+    # class_weights: the overlap and focal terms' weighted class means (per image: over the
+    # (sample, class) pairs), never the cross-entropy's; with classes, the selected ones' weights
+    ("multiclass", dict(dice=1.0, iou=1.0, bce=0.8, class_weights=[0.5, 2.0, 1.0, 0.25, 3.0])),
+    ("multiclass", dict(dice=0.5, iou=0.0, bce=0.0, focal=1.0, tversky=1.0, tversky_gamma=1.5,
+                        per_image=True, class_weights=(1.0, 0.0, 2.0, 1.5, 0.5))),
+    ("multiclass", dict(dice=1.0, iou=0.0, bce=0.3, focal=0.7, classes=[4, 1, 1],
+                        class_weights=torch.tensor([3.0, 0.5, 1.0, 2.0, 0.75]))),
+    ("multilabel", dict(dice=1.0, iou=1.0, bce=0.0, focal=1.0, reduction="sum",
+                        class_weights=[2.0, 1.0, 0.5, 1.0, 4.0])),
+    ("multilabel", dict(dice=0.0, iou=1.0, bce=1.0, per_image=True, log_loss=True,
+                        class_weights=[1.0, 1.0, 3.0, 0.1, 1.0])),
 ]
 
 
@@ -618,7 +629,8 @@ def test_combine_op_is_one_op_each_way():
     x, t = make("multiclass", (16, 16), n=2)
     # (extra arguments, seg_combine calls each way, most ops forward, most ops backward);
     # classes: two calls (the overlap terms on the selected classes, BCE on all)
-    for kw, calls, most_fwd, most_bwd in (({}, 1, 6, 6), (dict(classes=[1, 3]), 2, 12, 14)):
+    for kw, calls, most_fwd, most_bwd in (({}, 1, 6, 6), (dict(classes=[1, 3]), 2, 12, 14),
+                                          (dict(class_weights=[1.0, 2.0, 0.5, 1.0, 3.0]), 1, 8, 6)):
         with Count() as fwd:
             loss = fgl.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0, bce=0.8, **kw)
         with Count() as bwd:
@@ -646,14 +658,18 @@ def test_combine_op_gradcheck_opcheck(device, per_image, binary):
     stats = torch.stack([P, T, A, F_, K], -1).to(device).requires_grad_(True)
     xent = (torch.rand(n, c, generator=g, dtype=torch.float64) * 9).to(device).requires_grad_(True)
     overlap = [1.0, 0.5, 0.5, 1.0, 0.7, 1.0, 1.0, 1.5, 0.4, 0.3, 0.7, 0.8]
+    weights = (torch.rand(c, generator=g, dtype=torch.float64) * 2 + 0.1).to(device)
     for red_sum in (False, True):
         for log_loss in (False, True):
-            args = (overlap, 0.8, 123.0, 0.6, binary, per_image, red_sum, log_loss, 0.25, 1e-7)
-            assert torch.autograd.gradcheck(
-                lambda s, x: torch.ops.fastgenloss.seg_combine(s, x, *args), (stats, xent))
-    torch.library.opcheck(torch.ops.fastgenloss.seg_combine.default,
-                          (stats.detach().float(), xent.detach().float(), overlap, 0.8, 123.0,
-                           0.6, binary, per_image, False, False, 0.0, 1e-7))
+            for w in (None, weights):
+                args = (overlap, 0.8, 123.0, 0.6, binary, per_image, red_sum, log_loss, 0.25,
+                        1e-7, w)
+                assert torch.autograd.gradcheck(
+                    lambda s, x: torch.ops.fastgenloss.seg_combine(s, x, *args), (stats, xent))
+    for w in (None, weights.float()):
+        torch.library.opcheck(torch.ops.fastgenloss.seg_combine.default,
+                              (stats.detach().float(), xent.detach().float(), overlap, 0.8, 123.0,
+                               0.6, binary, per_image, False, False, 0.0, 1e-7, w))
 
 
 def test_combine_op_checks_arguments():
@@ -668,3 +684,32 @@ def test_combine_op_checks_arguments():
         op(stats, xent, [1.0, 0.5, 0.5], *args)
     with pytest.raises(RuntimeError, match="overlap must hold"):
         op(stats, xent, [1.0, 0.5, 0.5, 1.0] * 4, *args)
+    for bad in (torch.ones(2), torch.ones(3, 1), torch.ones(3, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match=r"class_weights must be \[C\] = \[3\] of stats' dtype"):
+            op(stats, xent, [1.0, 0.5, 0.5, 1.0], *args, bad)
+
+
+def test_eager_entry_points_skip_library_argument_handling(monkeypatch):
+    """Eager calls go through the ops' autograd.Function entry points (the same kernels,
+    setup_context and backward as the registered formulas) rather than torch.library's autograd
+    wrapper, whose per-call fill_defaults cost ~50 us for seg_combine's 13 arguments: same loss
+    and gradient bits, and no fill_defaults call."""
+    import torch._library.utils as lib_utils
+
+    calls = []
+    real = lib_utils.fill_defaults
+    monkeypatch.setattr(lib_utils, "fill_defaults",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, t = make("multiclass", (9, 7), n=2, ignore=True, seed=3)
+    kw = dict(dice=1.0, iou=0.5, bce=0.8, focal=0.5, ignore_index=IGNORE,
+              class_weights=[1.0, 2.0, 0.5, 1.0, 3.0])
+    loss = fgl.segmentation_loss(x, t, "multiclass", **kw)
+    (g,) = torch.autograd.grad(loss, x)
+    assert not calls
+    # the registered ops with their torch.library autograd, as torch.compile records them
+    monkeypatch.setattr(fgl._ops, "call_op", lambda op, fn, args, needs_grad: op(*args))
+    monkeypatch.setattr(fgl._segmentation, "call_op", fgl._ops.call_op)
+    loss2 = fgl.segmentation_loss(x, t, "multiclass", **kw)
+    (g2,) = torch.autograd.grad(loss2, x)
+    assert calls  # the wrapper did run (so the first assertion can fail)
+    assert torch.equal(loss, loss2) and torch.equal(g, g2)

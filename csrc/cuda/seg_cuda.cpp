@@ -122,14 +122,15 @@ at::Tensor seg_stats_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& gr
 at::Tensor seg_combine_cuda(const at::Tensor& stats_, const at::Tensor& xent_,
                             at::ArrayRef<double> overlap, double bce, double count, double focal,
                             bool binary, bool per_image, bool sum, bool log_loss, double smooth,
-                            double eps) {
+                            double eps, const std::optional<at::Tensor>& class_weights) {
   const c10::cuda::CUDAGuard guard(stats_.device());
+  at::Tensor w;
   const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
-                                        per_image, sum, log_loss, smooth, eps);
+                                        per_image, sum, log_loss, smooth, eps, class_weights, &w);
   const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
   at::Tensor out = at::empty({}, stats.options());
   C10_CUDA_CHECK(launch_seg_combine(q, pixel_dtype(stats.scalar_type()), stats.const_data_ptr(),
-                                    xent.const_data_ptr(), nullptr, out.mutable_data_ptr(),
+                                    xent.const_data_ptr(), seg_weights_ptr(w), nullptr, out.mutable_data_ptr(),
                                     nullptr, nullptr, stream_of(stats)));
   return out;
 }
@@ -137,17 +138,19 @@ at::Tensor seg_combine_cuda(const at::Tensor& stats_, const at::Tensor& xent_,
 std::tuple<at::Tensor, at::Tensor> seg_combine_bwd_cuda(
     const at::Tensor& grad_, const at::Tensor& stats_, const at::Tensor& xent_,
     at::ArrayRef<double> overlap, double bce, double count, double focal, bool binary,
-    bool per_image, bool sum, bool log_loss, double smooth, double eps) {
+    bool per_image, bool sum, bool log_loss, double smooth, double eps,
+    const std::optional<at::Tensor>& class_weights) {
   const c10::cuda::CUDAGuard guard(stats_.device());
+  at::Tensor w;
   const SegCombine q = seg_combine_plan(stats_, xent_, overlap, bce, count, focal, binary,
-                                        per_image, sum, log_loss, smooth, eps);
+                                        per_image, sum, log_loss, smooth, eps, class_weights, &w);
   TORCH_CHECK(grad_.numel() == 1, "fastgenloss::seg_combine_bwd: grad must be a scalar, got ",
               grad_.sizes());
   const at::Tensor stats = stats_.contiguous(), xent = xent_.contiguous();
   const at::Tensor grad = grad_.to(stats.device(), stats.scalar_type()).contiguous();
   at::Tensor gstats = at::empty_like(stats), gxent = at::empty_like(xent);
   C10_CUDA_CHECK(launch_seg_combine(q, pixel_dtype(stats.scalar_type()), stats.const_data_ptr(),
-                                    xent.const_data_ptr(), grad.const_data_ptr(), nullptr,
+                                    xent.const_data_ptr(), seg_weights_ptr(w), grad.const_data_ptr(), nullptr,
                                     gstats.mutable_data_ptr(), gxent.mutable_data_ptr(),
                                     stream_of(stats)));
   return {gstats, gxent};

@@ -328,13 +328,15 @@ constexpr int kCombineThreads = 256;
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
 seg_combine_kernel(SegCombine q, const T* __restrict__ stats, const T* __restrict__ xent,
-                   const T* __restrict__ grad, T* __restrict__ out, T* __restrict__ gstats,
+                   const T* __restrict__ weights, const T* __restrict__ grad, T* __restrict__ out, T* __restrict__ gstats,
                    T* __restrict__ gxent) {
   __shared__ double tot_all[kSegTotals];
   double tot[kSegTotals];
 #pragma unroll
   for (int i = 0; i < kSegTotals; ++i) tot[i] = 0.0;
-  for (int64_t c = threadIdx.x; c < q.c; c += kCombineThreads) seg_combine_class(q, stats, xent, c, tot);
+  for (int64_t c = threadIdx.x; c < q.c; c += kCombineThreads) {
+    seg_combine_class(q, stats, xent, weights, c, tot);
+  }
 #pragma unroll
   for (int i = 0; i < kSegTotals; ++i) {
     const double v = block_sum<double, kCombineThreads>(tot[i]);
@@ -347,7 +349,7 @@ seg_combine_kernel(SegCombine q, const T* __restrict__ stats, const T* __restric
   }
   const double g = static_cast<double>(*grad);
   for (int64_t c = threadIdx.x; c < q.c; c += kCombineThreads) {
-    seg_combine_class_grad(q, stats, tot_all, g, c, gstats, gxent);
+    seg_combine_class_grad(q, stats, weights, tot_all, g, c, gstats, gxent);
   }
 }
 
@@ -435,13 +437,14 @@ cudaError_t launch_seg_bwd(const SegLaunch& a, const void* grad_stats, const voi
 }
 
 cudaError_t launch_seg_combine(const SegCombine& q, PixelDType dtype, const void* stats,
-                               const void* xent, const void* grad, void* out, void* gstats,
+                               const void* xent, const void* weights, const void* grad, void* out, void* gstats,
                                void* gxent, cudaStream_t stream) {
   if (grad != nullptr && q.n * q.c == 0) return cudaSuccess;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     seg_combine_kernel<T><<<1, kCombineThreads, 0, stream>>>(
-        q, static_cast<const T*>(stats), static_cast<const T*>(xent), static_cast<const T*>(grad),
+        q, static_cast<const T*>(stats), static_cast<const T*>(xent),
+        static_cast<const T*>(weights), static_cast<const T*>(grad),
         static_cast<T*>(out), static_cast<T*>(gstats), static_cast<T*>(gxent));
   };
   switch (dtype) {  // the statistics' dtypes only

@@ -28,6 +28,34 @@ def _eager_no_grad(t: torch.Tensor) -> bool:
     return type(t) is torch.Tensor and not torch.is_grad_enabled()
 
 
+def call_op(op, function, args, needs_grad: bool):
+    """op(*args) as autograd should see it: while tracing (torch.compile) the registered op
+    with its torch.library formula; in eager mode the op's autograd.Function entry point
+    (``function``: the same kernel, setup_context and backward, without torch.library's per-call
+    fill_defaults and redispatch, ~10-60 us a call) when a gradient is wanted, else the kernel
+    directly (_direct)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if needs_grad:
+        return function.apply(*args)
+    return _direct(op, *args)
+
+
+def _entry_point(op_name: str, setup_context, backward, doc: str):
+    """The eager autograd.Function entry point of fastgenloss::<op_name> (see call_op): forward runs the kernel below autograd and the registered
+    setup_context, backward the registered formula. Called with every schema argument."""
+
+    def forward(ctx, *args):
+        out = _direct(getattr(torch.ops.fastgenloss, op_name).default, *args)
+        setup_context(ctx, args, out)
+        return out
+
+    return type(f"{op_name}_function", (torch.autograd.Function,),
+                {"forward": staticmethod(forward),
+                 "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads)),
+                 "__doc__": doc})
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -241,22 +269,13 @@ torch.library.register_autograd(
     "fastgenloss::pixel_bwd", _pixel_bwd_backward, setup_context=_pixel_bwd_setup_context)
 
 
-class PixelFwdFunction(torch.autograd.Function):
-    """The eager entry point of pixel_fwd: the same op, setup_context and backward as the
-    torch.library registration above, without torch.library's generic per-call argument
-    handling (fill_defaults and a redispatch: ~60 us per call, more than the kernel itself below
-    about a million elements). Under torch.compile the registered op is used instead (see
-    functional._fused), so the compiled graph still holds the op and its registered formula."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        out = _direct(torch.ops.fastgenloss.pixel_fwd.default, *args)
-        _pixel_fwd_setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _pixel_fwd_backward(ctx, *grads)
+# The eager entry point of pixel_fwd: the same op, setup_context and backward as the
+# torch.library registration above, without torch.library's generic per-call argument handling
+# (fill_defaults and a redispatch: ~60 us per call, more than the kernel itself below about a
+# million elements). Under torch.compile the registered op is used instead (see
+# functional._fused), so the compiled graph still holds the op and its registered formula.
+PixelFwdFunction = _entry_point("pixel_fwd", _pixel_fwd_setup_context, _pixel_fwd_backward,
+                                "Eager entry point of pixel_fwd.")
 
 
 # ---- diffusion losses and noising ----------------------------------------------------------
@@ -434,33 +453,10 @@ torch.library.register_autograd(
     "fastgenloss::diffusion_mix_bwd", _mix_bwd_backward, setup_context=_mix_bwd_setup_context)
 
 
-class DiffusionFwdFunction(torch.autograd.Function):
-    """Eager entry point of diffusion_fwd (see PixelFwdFunction): same op, setup_context and
-    backward, without torch.library's per-call argument handling."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        out = _direct(torch.ops.fastgenloss.diffusion_fwd.default, *args)
-        _diffusion_fwd_setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _diffusion_fwd_backward(ctx, *grads)
-
-
-class DiffusionMixFunction(torch.autograd.Function):
-    """Eager entry point of diffusion_mix."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        out = _direct(torch.ops.fastgenloss.diffusion_mix.default, *args)
-        _mix_setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _mix_backward(ctx, grad)
+DiffusionFwdFunction = _entry_point("diffusion_fwd", _diffusion_fwd_setup_context,
+                                    _diffusion_fwd_backward, "Eager entry point of diffusion_fwd.")
+DiffusionMixFunction = _entry_point("diffusion_mix", _mix_setup_context, _mix_backward,
+                                    "Eager entry point of diffusion_mix.")
 
 
 # ---- Gram matrices and the style loss ---------------------------------------------------------
@@ -503,7 +499,9 @@ def _gram_backward(ctx, grad):
     (features,) = ctx.saved_tensors
     if grad is None or not ctx.needs_input_grad[0]:
         return None, None
-    return torch.ops.fastgenloss.gram_bwd(grad, features, ctx.scale), None
+    op = torch.ops.fastgenloss.gram_bwd.default
+    args = (grad, features, ctx.scale)
+    return (_direct(op, *args) if _eager_no_grad(grad) else op(*args)), None
 
 
 torch.library.register_autograd("fastgenloss::gram", _gram_backward,
@@ -540,13 +538,18 @@ def _style_backward(ctx, grad_loss, _grad_diff):
     need_i, need_t = ctx.needs_input_grad[:2]
     if grad_loss is None or not (need_i or need_t):
         return None, None, None, None, None
-    gi, gt = torch.ops.fastgenloss.style_bwd(grad_loss, diff, input, target, *ctx.params,
-                                             need_i, need_t)
+    args = (grad_loss, diff, input, target, *ctx.params, need_i, need_t)
+    op = torch.ops.fastgenloss.style_bwd.default
+    gi, gt = _direct(op, *args) if _eager_no_grad(grad_loss) else op(*args)
     return (gi if need_i else None), (gt if need_t else None), None, None, None
 
 
 torch.library.register_autograd("fastgenloss::style_fwd", _style_backward,
                                 setup_context=_style_setup_context)
+GramFunction = _entry_point("gram", _gram_setup_context, _gram_backward,
+                            "Eager entry point of gram.")
+StyleFwdFunction = _entry_point("style_fwd", _style_setup_context, _style_backward,
+                                "Eager entry point of style_fwd.")
 
 
 # ---- contextual loss ------------------------------------------------------------------------
@@ -591,6 +594,8 @@ def _contextual_backward(ctx, grad, _grad_cmax, _grad_istar):
 
 torch.library.register_autograd("fastgenloss::contextual_fwd", _contextual_backward,
                                 setup_context=_contextual_setup_context)
+ContextualFwdFunction = _entry_point("contextual_fwd", _contextual_setup_context,
+                                     _contextual_backward, "Eager entry point of contextual_fwd.")
 
 
 def _contextual_second_order(ctx, *grads):
@@ -673,33 +678,44 @@ def _seg_labels_fake(target, num_classes, has_ignore, ignore_index):
 
 @torch.library.register_fake("fastgenloss::seg_combine")
 def _seg_combine_fake(stats, xent, overlap, bce, count, focal, binary, per_image, sum, log_loss,
-                      smooth, eps):
+                      smooth, eps, class_weights=None):
     return stats.new_empty(())
 
 
 @torch.library.register_fake("fastgenloss::seg_combine_bwd")
 def _seg_combine_bwd_fake(grad, stats, xent, overlap, bce, count, focal, binary, per_image, sum,
-                          log_loss, smooth, eps):
+                          log_loss, smooth, eps, class_weights=None):
     return torch.empty_like(stats), torch.empty_like(xent)
 
 
 def _seg_combine_setup_context(ctx, inputs, output):
+    # (the class weights, the optional last argument, are constants: no gradient)
     stats, xent, *params = inputs
-    ctx.save_for_backward(stats, xent)
+    weights = params.pop() if len(params) == 11 else None
+    ctx.save_for_backward(stats, xent, weights)
+    ctx.nargs = len(inputs)
     ctx.params = tuple(params)
 
 
 def _seg_combine_backward(ctx, grad):
-    stats, xent = ctx.saved_tensors
-    nargs = 2 + len(ctx.params)
+    stats, xent, weights = ctx.saved_tensors
     if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-        return (None,) * nargs
-    gs, gx = torch.ops.fastgenloss.seg_combine_bwd(grad, stats, xent, *ctx.params)
+        return (None,) * ctx.nargs
+    args = (grad, stats, xent, *ctx.params, weights)
+    op = torch.ops.fastgenloss.seg_combine_bwd.default
+    gs, gx = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
     return (gs if ctx.needs_input_grad[0] else None,
-            gx if ctx.needs_input_grad[1] else None) + (None,) * (nargs - 2)
+            gx if ctx.needs_input_grad[1] else None) + (None,) * (ctx.nargs - 2)
 
 
 torch.library.register_autograd("fastgenloss::seg_combine", _seg_combine_backward,
                                 setup_context=_seg_combine_setup_context)
 torch.library.register_autograd("fastgenloss::seg_combine_bwd", _seg_second_order_error,
                                 setup_context=_no_setup)
+
+
+SegStatsFunction = _entry_point("seg_stats", _seg_stats_setup_context, _seg_stats_backward,
+                                "Eager entry point of seg_stats (focal arguments included).")
+SegCombineFunction = _entry_point("seg_combine", _seg_combine_setup_context,
+                                  _seg_combine_backward,
+                                  "Eager entry point of seg_combine (class_weights included).")

@@ -6,8 +6,7 @@ statistics, P = sum p, T = sum t, A = sum |p - t| over the elements not ignored,
 cross-entropy summed per (sample, class); every loss term is then a small function of those
 [N, C] tensors (smp's soft Tversky score: TP = (P + T - A) / 2, FP = P - TP, FN = T - TP), so
 "IoU + Dice + 0.8 BCE" reads the logits once forward and once backward, and neither the
-softmax nor a one-hot of the labels is ever materialized. The second stage runs as ordinary
-PyTorch ops on [N, C] tensors, so autograd and torch.compile see through it.
+softmax nor a one-hot of the labels is ever materialized.
 
 Conventions (smp's, where MONAI differs):
 - ``mode="multiclass"``: softmax over channels, integer labels [N, *spatial]; ``binary``: one
@@ -25,8 +24,8 @@ PyTorch ops, and the second stage is shared.
 
 The second stage (statistics -> loss) is one op, seg_combine (csrc/include/fastgenloss/
 seg_combine.h), on the CPU, and on CUDA once FASTGENLOSS_SEG_CUDA_COMBINE=1 opts in (its CUDA
-kernel has not yet run on a GPU); elsewhere (classes, class_weights, process_group,
-reduction="none") it is the PyTorch ops below.
+kernel has not yet run on a GPU); elsewhere (process_group, reduction="none", class weights
+that require a gradient) it is the PyTorch ops below.
 
 The focal term (smp's FocalLoss: sigmoid per channel, one-vs-rest in multiclass mode) is two
 more statistics of the same pass, F = the focal loss summed and K = the number of kept
@@ -44,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference as _ref
-from ._ops import SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL
+from ._ops import (SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL, SegCombineFunction,
+                   SegStatsFunction, call_op)
 
 MODES = {"binary": SEG_BINARY, "multiclass": SEG_MULTICLASS, "multilabel": SEG_MULTILABEL}
 _INT_LABELS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -234,7 +234,9 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
         except ValueError as e:
             raise ValueError(f"{fn}: {e} (target {_desc(target)})") from None
     try:
-        return torch.ops.fastgenloss.seg_stats(x, t, code, has_ignore, ig, fg, fa)
+        return call_op(torch.ops.fastgenloss.seg_stats.default, SegStatsFunction,
+                       (x, t, code, has_ignore, ig, fg, fa),
+                       x.requires_grad and torch.is_grad_enabled())
     except RuntimeError as e:
         msg = str(e).split("\n")[0]
         if "labels must be" in msg:
@@ -412,22 +414,33 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                             focal_alpha=focal_alpha if focal else None, fn=_fn)
     # the cross-entropy mean's divisor: every element (multiclass: every position)
     count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
-    if (process_group is None and class_weights is None
-            and reduction != "none" and (overlap or bce or focal) and _combine_enabled(stats)):
+    if (process_group is None and reduction != "none" and (overlap or bce or focal)
+            and not (isinstance(class_weights, Tensor) and class_weights.requires_grad)
+            and _combine_enabled(stats)):
         # the whole second stage in one op (the same terms as below)
-        def combine(st, xe, terms, b, f):
-            return torch.ops.fastgenloss.seg_combine(
-                st, xe, [float(v) for term in terms for v in term], float(b), float(count),
-                float(f), mode == "binary", bool(per_image), reduction == "sum",
-                bool(log_loss), float(smooth), float(eps))
+        cw = None
+        if class_weights is not None:
+            cw = torch.as_tensor(class_weights, dtype=stats.dtype, device=stats.device).reshape(-1)
+            if cw.numel() != stats.shape[1]:
+                raise ValueError(f"{_fn}: class_weights must have one weight per class "
+                                 f"({stats.shape[1]}), got {cw.numel()}")
+
+        def combine(st, xe, w, terms, b, f):
+            args = (st, xe, [float(v) for term in terms for v in term], float(b), float(count),
+                    float(f), mode == "binary", bool(per_image), reduction == "sum",
+                    bool(log_loss), float(smooth), float(eps), w)
+            return call_op(torch.ops.fastgenloss.seg_combine.default, SegCombineFunction, args,
+                           (st.requires_grad or xe.requires_grad) and torch.is_grad_enabled())
 
         if classes is None or not overlap:
-            return combine(stats, xent, overlap, bce, focal)
-        # classes: the overlap terms over the selected classes' statistics (index_select, as
-        # _select picks their losses: repeats count twice), BCE and focal over every class
+            return combine(stats, xent, cw, overlap, bce, focal)
+        # classes: the overlap terms over the selected classes' statistics and weights
+        # (index_select, as _select picks their losses: repeats count twice), BCE and focal
+        # over every class
         idx = _class_index(classes, stats.shape[1], stats.device, _fn)
-        loss = combine(stats.index_select(1, idx), xent.index_select(1, idx), overlap, 0.0, 0.0)
-        return loss + combine(stats, xent, [], bce, focal) if (bce or focal) else loss
+        loss = combine(stats.index_select(1, idx), xent.index_select(1, idx),
+                       None if cw is None else cw.index_select(0, idx), overlap, 0.0, 0.0)
+        return loss + combine(stats, xent, cw, [], bce, focal) if (bce or focal) else loss
     # batch-wide sums (over ranks too, with a process group) and per-image partial sums
     batch_stats = stats.sum(0, keepdim=True)
     per_image_losses = []

@@ -27,6 +27,7 @@ import contextlib
 import torch
 from torch import Tensor
 
+from ._ops import (ContextualFwdFunction, GramFunction, StyleFwdFunction, call_op)
 from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOISE, MIX_EDM,
                    MIX_FLOW, MIX_VELOCITY, PRED_EPSILON, PRED_FLOW, PRED_SAMPLE, PRED_V,
                    REDUCE_MASKED_MEAN, REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM,
@@ -621,7 +622,9 @@ def gram_matrix(features: Tensor, *, normalize: bool = True) -> Tensor:
     inside the matrix product (float accumulation), so a float16 Gram whose unscaled sums would
     overflow stays finite. channels_last features are read in place."""
     _check_features("gram_matrix", "features", features)
-    return torch.ops.fastgenloss.gram(features, _gram_scale(features, normalize))
+    return call_op(torch.ops.fastgenloss.gram.default, GramFunction,
+                   (features, _gram_scale(features, normalize)),
+                   features.requires_grad and torch.is_grad_enabled())
 
 
 def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
@@ -672,7 +675,9 @@ def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
                          f"{list(input_features.shape)}")
     red = _diffusion_reduction(fn, reduction)
     args = (input_features, tgt, bool(target_is_gram), _gram_scale(input_features, normalize), red)
-    loss, _ = torch.ops.fastgenloss.style_fwd(*args)
+    loss, _ = call_op(torch.ops.fastgenloss.style_fwd.default, StyleFwdFunction, args,
+                      (input_features.requires_grad or tgt.requires_grad)
+                      and torch.is_grad_enabled())
     return loss
 
 
@@ -853,6 +858,8 @@ def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float
     if x_features.shape[0] > 0 and (x_features.numel() == 0 or y_features.numel() == 0):
         raise ValueError(f"{fn}: x_features {_desc(x_features)} and y_features "
                          f"{_desc(y_features)} need at least one channel and one position")
-    loss, _, _ = torch.ops.fastgenloss.contextual_fwd(x_features, y_features, float(band_width),
-                                                       _CONTEXTUAL_CHUNK_ROWS)
+    loss, _, _ = call_op(torch.ops.fastgenloss.contextual_fwd.default, ContextualFwdFunction,
+                         (x_features, y_features, float(band_width), _CONTEXTUAL_CHUNK_ROWS),
+                         (x_features.requires_grad or y_features.requires_grad)
+                         and torch.is_grad_enabled())
     return loss

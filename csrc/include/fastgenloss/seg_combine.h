@@ -5,14 +5,18 @@
 //
 // Terms (each as fastgenloss.reference / smp compute them):
 // - up to kSegMaxOverlap overlap terms w * L^g, L the mean (or sum) over classes -- or over
-//   (sample, class) pairs per image -- of the Tversky loss of each class,
+//   (sample, class) pairs per image -- of the Tversky loss of each class (with class weights
+//   v_c: the sum of v_c x loss_c, over the sum of v_c for the mean),
 //     TP = (P + T - A) / 2, FP = P - TP, FN = T - TP,
 //     score = (TP + smooth) / max(TP + alpha FP + beta FN + smooth, eps),
 //     loss = (1 - score, or -log max(score, eps)) * (T > 0);
 //   Dice is alpha = beta = 1/2, Jaccard alpha = beta = 1;
 // - bce * (sum of xent) / max(count, 1) (sum: without the division);
 // - focal * smp's FocalLoss from the F, K columns: binary, sum F / max(sum K, 1) (sum: sum F);
-//   otherwise the mean over classes of F_c / max(K_c, 1) (sum: of F_c).
+//   otherwise the mean over classes of F_c / max(K_c, 1) (sum: of F_c), with class weights
+//   the v_c-weighted mean (sum too: smp-style class weights always average).
+// Class weights (``weights`` below, [C] in the statistics' dtype, or nullptr for all 1) weight
+// the overlap and focal terms, never the cross-entropy.
 // Work is split by class: one class's statistics and gradients are independent of the others'
 // but for the terms' totals (L, sum F, sum K, sum xent), so the CPU loops over classes and the
 // CUDA kernel gives each thread of one block its classes; both call the functions below.
@@ -37,10 +41,11 @@ struct SegCombine {
   double smooth, eps;
 };
 
-// One class's contribution to the terms' totals: tot[k] += its overlap loss k (summed over the
-// samples per image), tot[3] += sum_n xent, and with the focal term tot[4] += sum_n F,
-// tot[5] += sum_n K (binary), or tot[4] += its focal share F_c / max(K_c, 1) (F_c with sum).
-constexpr int kSegTotals = 6;
+// One class's contribution to the terms' totals: tot[k] += v_c x its overlap loss k (summed
+// over the samples per image), tot[3] += sum_n xent, and with the focal term tot[4] += sum_n F,
+// tot[5] += sum_n K (binary), or tot[4] += v_c x its focal share F_c / max(K_c, 1) (F_c with
+// sum); tot[6] += v_c (the class count without weights).
+constexpr int kSegTotals = 7;
 
 struct SegOverlapGrad {
   double loss, dp, dt, da;  // the masked loss and its derivatives in P, T, A
@@ -80,18 +85,25 @@ FGL_HOST_DEVICE double seg_at(const T* p, int64_t i) {
   return static_cast<double>(p[i]);
 }
 
+// class c's weight v_c (1 without class weights)
+template <typename T>
+FGL_HOST_DEVICE double seg_weight(const T* weights, int64_t c) {
+  return weights == nullptr ? 1.0 : static_cast<double>(weights[c]);
+}
+
 // Class c's contribution to the totals (see kSegTotals).
 template <typename T>
 FGL_HOST_DEVICE void seg_combine_class(const SegCombine& q, const T* stats, const T* xent,
-                                              int64_t c, double* tot) {
+                                       const T* weights, int64_t c, double* tot) {
   const int64_t S = q.s, C = q.c;
+  const double v = seg_weight(weights, c);
   double P = 0.0, Tt = 0.0, A = 0.0, F = 0.0, K = 0.0, X = 0.0;
   for (int64_t n = 0; n < q.n; ++n) {
     const int64_t i = (n * C + c) * S;
     if (q.per_image) {
       for (int k = 0; k < q.nterms; ++k) {
-        tot[k] += seg_overlap(seg_at(stats, i), seg_at(stats, i + 1), seg_at(stats, i + 2),
-                              q.alpha[k], q.beta[k], q.smooth, q.eps, q.log_loss).loss;
+        tot[k] += v * seg_overlap(seg_at(stats, i), seg_at(stats, i + 1), seg_at(stats, i + 2),
+                                  q.alpha[k], q.beta[k], q.smooth, q.eps, q.log_loss).loss;
       }
     } else {
       P += seg_at(stats, i);
@@ -106,7 +118,7 @@ FGL_HOST_DEVICE void seg_combine_class(const SegCombine& q, const T* stats, cons
   }
   if (!q.per_image) {
     for (int k = 0; k < q.nterms; ++k) {
-      tot[k] += seg_overlap(P, Tt, A, q.alpha[k], q.beta[k], q.smooth, q.eps, q.log_loss).loss;
+      tot[k] += v * seg_overlap(P, Tt, A, q.alpha[k], q.beta[k], q.smooth, q.eps, q.log_loss).loss;
     }
   }
   tot[3] += X;
@@ -115,17 +127,17 @@ FGL_HOST_DEVICE void seg_combine_class(const SegCombine& q, const T* stats, cons
       tot[4] += F;
       tot[5] += K;
     } else {
-      tot[4] += q.sum ? F : F / (K > 1.0 ? K : 1.0);
+      tot[4] += v * (q.sum ? F : F / (K > 1.0 ? K : 1.0));
     }
   }
+  tot[6] += v;
 }
 
 // The overlap terms' aggregated losses L_k from the totals (mean: over classes, or over
-// (sample, class) pairs per image).
-FGL_HOST_DEVICE double seg_overlap_divisor(const SegCombine& q) {
+// (sample, class) pairs per image; weighted: over the weights' sum, times N per image).
+FGL_HOST_DEVICE double seg_overlap_divisor(const SegCombine& q, const double* tot) {
   if (q.sum) return 1.0;
-  return q.per_image ? static_cast<double>(q.n) * static_cast<double>(q.c)
-                     : static_cast<double>(q.c);
+  return q.per_image ? static_cast<double>(q.n) * tot[6] : tot[6];
 }
 
 // x^g as torch's pow, and its derivative g x^(g-1) (0 for g = 0)
@@ -138,7 +150,7 @@ FGL_HOST_DEVICE double seg_dpow(double x, double g) {
 
 // The loss from the totals of every class.
 FGL_HOST_DEVICE double seg_combine_total(const SegCombine& q, const double* tot) {
-  const double div = seg_overlap_divisor(q);
+  const double div = seg_overlap_divisor(q, tot);
   double total = 0.0;
   for (int k = 0; k < q.nterms; ++k) total += q.w[k] * seg_pow(tot[k] / div, q.gamma[k]);
   if (q.bce != 0.0) total += q.bce * (q.sum ? tot[3] : tot[3] / (q.count > 1.0 ? q.count : 1.0));
@@ -146,7 +158,7 @@ FGL_HOST_DEVICE double seg_combine_total(const SegCombine& q, const double* tot)
     if (q.binary) {
       total += q.focal * (q.sum ? tot[4] : tot[4] / (tot[5] > 1.0 ? tot[5] : 1.0));
     } else {
-      total += q.focal * tot[4] / static_cast<double>(q.c);
+      total += q.focal * tot[4] / tot[6];
     }
   }
   return total;
@@ -156,12 +168,13 @@ FGL_HOST_DEVICE double seg_combine_total(const SegCombine& q, const double* tot)
 // of every class and the incoming gradient g of the loss.
 template <typename T>
 FGL_HOST_DEVICE void seg_combine_class_grad(const SegCombine& q, const T* stats,
-                                                   const double* tot, double g, int64_t c,
-                                                   T* gstats, T* gxent) {
+                                            const T* weights, const double* tot, double g,
+                                            int64_t c, T* gstats, T* gxent) {
   const int64_t S = q.s, C = q.c;
-  const double div = seg_overlap_divisor(q);
+  const double v = seg_weight(weights, c);
+  const double div = seg_overlap_divisor(q, tot);
   double dl[kSegMaxOverlap];
-  for (int k = 0; k < q.nterms; ++k) dl[k] = g * q.w[k] * seg_dpow(tot[k] / div, q.gamma[k]) / div;
+  for (int k = 0; k < q.nterms; ++k) dl[k] = g * q.w[k] * seg_dpow(tot[k] / div, q.gamma[k]) * v / div;
   const double gx = q.bce == 0.0 ? 0.0
                                  : g * q.bce * (q.sum ? 1.0 : 1.0 / (q.count > 1.0 ? q.count : 1.0));
   // the batch-wide statistics of class c, and its focal gradients
@@ -188,7 +201,7 @@ FGL_HOST_DEVICE void seg_combine_class_grad(const SegCombine& q, const T* stats,
         gk = tot[5] > 1.0 ? -gw * tot[4] / (ks * ks) : 0.0;
       }
     } else {
-      const double wc = gw / static_cast<double>(C);
+      const double wc = gw * v / tot[6];
       if (q.sum) {
         gf = wc;
       } else {

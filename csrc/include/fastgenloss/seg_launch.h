@@ -40,10 +40,10 @@ cudaError_t launch_seg_fwd(const SegLaunch& a, void* part, void* stats, void* xe
 cudaError_t launch_seg_bwd(const SegLaunch& a, const void* grad_stats, const void* grad_xent,
                            void* grad, cudaStream_t stream);
 // The second stage (seg_combine.h), one block, stats [N, C, S] / xent [N, C] contiguous of
-// dtype (Float or Double). grad == nullptr: the loss to out (a scalar); else the backward with
-// the device scalar *grad, to gstats and gxent.
+// dtype (Float or Double), weights [C] of that dtype or nullptr. grad == nullptr: the loss to
+// out (a scalar); else the backward with the device scalar *grad, to gstats and gxent.
 cudaError_t launch_seg_combine(const SegCombine& q, PixelDType dtype, const void* stats,
-                               const void* xent, const void* grad, void* out, void* gstats,
+                               const void* xent, const void* weights, const void* grad, void* out, void* gstats,
                                void* gxent, cudaStream_t stream);
 
 }  // namespace fastgenloss
