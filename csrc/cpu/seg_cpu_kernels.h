@@ -58,6 +58,42 @@ FGL_SEG_INLINE float exp_vec(float x) {
 }
 FGL_SEG_INLINE double exp_vec(double x) { return std::exp(x); }
 
+// kLanes partial sums as one GCC vector (an AVX2 register of floats, two of doubles), for the
+// reductions GCC's SLP vectorizer left scalar when written as arrays: the same operations per
+// lane in the same order as the array form, so the same bits. M: the matching integer lanes.
+// (always inlined into the AVX2 and the baseline clones: GCC's note that a 32-byte vector
+// return changes the ABI without AVX does not apply)
+#pragma GCC diagnostic ignored "-Wpsabi"
+static_assert(kLanes == 8, "the lane vectors below hold 8 elements");
+template <typename T> struct LaneVec;
+template <> struct LaneVec<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t M __attribute__((vector_size(32)));
+};
+template <> struct LaneVec<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t M __attribute__((vector_size(64)));
+};
+typedef int32_t Int32x8 __attribute__((vector_size(32)));
+
+template <typename V, typename T>
+FGL_SEG_INLINE V load_lanes(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// |v| lane by lane: the sign bit cleared, as std::fabs
+template <typename T>
+FGL_SEG_INLINE typename LaneVec<T>::V abs_lanes(typename LaneVec<T>::V v) {
+  using M = typename LaneVec<T>::M;
+  M bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= ~((M{} + 1) << (8 * sizeof(T) - 1));
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 // log1p(e) for e in [0, 1], branch-free: for 1 + e <= sqrt 2, x = e itself (no rounding of
 // 1 + e), else x = (1 + e) / 2 - 1 and ln 2 added; log(1 + x) for x in [sqrt(1/2) - 1,
 // sqrt 2 - 1] by Cephes' logf polynomial. Max relative error 1.2e-7 (1 ulp) over [0, 1]
@@ -230,17 +266,19 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
       tile.load(xb, lb, c, m, m0, len, has_ignore, ignore, bad, nhwc);
       for (int64_t k = 0; k < c; ++k) {
         const acc_t* ek = tile.e.data() + k * kTile;
-        // kLanes independent partial sums: vectorizable without reassociation
-        acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {};
+        // kLanes independent partial sums (one lane vector each): no reassociation
+        using V = typename LaneVec<acc_t>::V;
+        using M = typename LaneVec<acc_t>::M;
+        V P{}, T{}, A{};
+        const M kl = M{} + int32_t(k);
         int64_t t = 0;
         for (; t + kLanes <= len; t += kLanes) {
-          for (int q = 0; q < kLanes; ++q) {
-            const acc_t pv = ek[t + q] * tile.vf[t + q];
-            const acc_t tv = tile.lbl32[t + q] == int32_t(k) ? acc_t(1) : acc_t(0);
-            P[q] += pv;
-            T[q] += tv;
-            A[q] += std::fabs(pv - tv);
-          }
+          const V pv = load_lanes<V>(ek + t) * load_lanes<V>(tile.vf + t);
+          const M lv = __builtin_convertvector(load_lanes<Int32x8>(tile.lbl32 + t), M);
+          const V tv = lv == kl ? V{} + acc_t(1) : V{};
+          P += pv;
+          T += tv;
+          A += abs_lanes<acc_t>(pv - tv);
         }
         for (; t < len; ++t) {
           const acc_t pv = ek[t] * tile.vf[t];
@@ -262,13 +300,11 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
             acc_t unused;
             fk[t] = tile.vf[t] * focal_elem_hard<FGI>(acc_t(row[t]), tv, fg, fa, &unused);
           }
-          acc_t Fs[kLanes] = {}, Ks[kLanes] = {};
+          V Fs{}, Ks{};
           int64_t t = 0;
           for (; t + kLanes <= len; t += kLanes) {
-            for (int q = 0; q < kLanes; ++q) {
-              Fs[q] += fk[t + q];
-              Ks[q] += tile.vf[t + q];
-            }
+            Fs += load_lanes<V>(fk + t);
+            Ks += load_lanes<V>(tile.vf + t);
           }
           for (; t < len; ++t) {
             Fs[0] += fk[t];
@@ -479,7 +515,8 @@ template <int FGI, typename scalar_t, typename target_t, typename acc_t>
 FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* tr, int64_t m0, int64_t m1,
                                       bool has_ignore, acc_t ig, acc_t fg, acc_t fa, double* acc) {
   constexpr bool kFocal = FGI != 0;
-  acc_t P[kLanes] = {}, T[kLanes] = {}, A[kLanes] = {}, X[kLanes] = {}, F[kLanes] = {}, K[kLanes] = {};
+  using V = typename LaneVec<acc_t>::V;
+  V P{}, T{}, A{}, X{}, F{}, K{};  // kLanes partial sums each (see LaneVec)
   acc_t pk[kTile], tk[kTile], bk[kTile], fk[kTile], kk[kTile];
   for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
     const int64_t len = std::min(kTile, m1 - j0);
@@ -490,15 +527,14 @@ FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* 
     }
     int64_t j = 0;
     for (; j + kLanes <= len; j += kLanes) {
-      for (int q = 0; q < kLanes; ++q) {
-        P[q] += pk[j + q];
-        T[q] += tk[j + q];
-        A[q] += std::fabs(pk[j + q] - tk[j + q]);
-        X[q] += bk[j + q];
-        if constexpr (kFocal) {
-          F[q] += fk[j + q];
-          K[q] += kk[j + q];
-        }
+      const V pv = load_lanes<V>(pk + j), tv = load_lanes<V>(tk + j);
+      P += pv;
+      T += tv;
+      A += abs_lanes<acc_t>(pv - tv);
+      X += load_lanes<V>(bk + j);
+      if constexpr (kFocal) {
+        F += load_lanes<V>(fk + j);
+        K += load_lanes<V>(kk + j);
       }
     }
     for (; j < len; ++j) {
