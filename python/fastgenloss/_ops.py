@@ -28,6 +28,12 @@ def _eager_no_grad(t: torch.Tensor) -> bool:
     return type(t) is torch.Tensor and not torch.is_grad_enabled()
 
 
+def _backward_call(op, args, grad: torch.Tensor):
+    """A backward op inside an autograd formula: the kernel directly in an eager first-order
+    backward (grad mode off, plain tensors), else the op (double backward, tracing)."""
+    return _direct(op, *args) if _eager_no_grad(grad) else op(*args)
+
+
 def call_op(op, function, args, needs_grad: bool):
     """op(*args) as autograd should see it: while tracing (torch.compile) the registered op
     with its torch.library formula; in eager mode the op's autograd.Function entry point
@@ -42,8 +48,9 @@ def call_op(op, function, args, needs_grad: bool):
 
 
 def _entry_point(op_name: str, setup_context, backward, doc: str):
-    """The eager autograd.Function entry point of fastgenloss::<op_name> (see call_op): forward runs the kernel below autograd and the registered
-    setup_context, backward the registered formula. Called with every schema argument."""
+    """The eager autograd.Function entry point of fastgenloss::<op_name> (see call_op):
+    forward runs the kernel below autograd and the registered setup_context, backward the
+    registered formula. Called with every schema argument."""
 
     def forward(ctx, *args):
         out = _direct(getattr(torch.ops.fastgenloss, op_name).default, *args)
@@ -52,7 +59,7 @@ def _entry_point(op_name: str, setup_context, backward, doc: str):
 
     return type(f"{op_name}_function", (torch.autograd.Function,),
                 {"forward": staticmethod(forward),
-                 "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads)),
+                 "backward": staticmethod(backward),
                  "__doc__": doc})
 
 
@@ -156,7 +163,7 @@ def _pixel_fwd_backward(ctx, grad_loss, _grad_grad, grad_wsum):
                 loss if loss is not None else wsum.new_empty((0,)), wsum, *params,
                 op_diff, need_weight)
         op = torch.ops.fastgenloss.pixel_bwd.default
-        gi, gw = _direct(op, *args) if _eager_no_grad(grad_loss) else op(*args)
+        gi, gw = _backward_call(op, args, grad_loss)
         if op_diff:
             grad_diff = gi
         if need_weight:
@@ -374,7 +381,7 @@ def _diffusion_fwd_backward(ctx, grad_loss, _grad_sample_loss, _grad_grad):
         args = (grad_loss, model_output, sample, noise, t, table, weight, *params,
                 op_f, need_x, need_e)
         op = torch.ops.fastgenloss.diffusion_bwd.default
-        f_, x_, e_ = _direct(op, *args) if _eager_no_grad(grad_loss) else op(*args)
+        f_, x_, e_ = _backward_call(op, args, grad_loss)
         if op_f:
             gf = f_
         gx = x_ if need_x else None
@@ -421,7 +428,7 @@ def _mix_backward(ctx, grad):
         return None, None, None, None, None
     args = (grad, t, table, ctx.kind, need_x, need_e)
     op = torch.ops.fastgenloss.diffusion_mix_bwd.default
-    gx, ge = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
+    gx, ge = _backward_call(op, args, grad)
     return (gx if need_x else None), (ge if need_e else None), None, None, None
 
 
@@ -501,7 +508,7 @@ def _gram_backward(ctx, grad):
         return None, None
     op = torch.ops.fastgenloss.gram_bwd.default
     args = (grad, features, ctx.scale)
-    return (_direct(op, *args) if _eager_no_grad(grad) else op(*args)), None
+    return (_backward_call(op, args, grad)), None
 
 
 torch.library.register_autograd("fastgenloss::gram", _gram_backward,
@@ -540,7 +547,7 @@ def _style_backward(ctx, grad_loss, _grad_diff):
         return None, None, None, None, None
     args = (grad_loss, diff, input, target, *ctx.params, need_i, need_t)
     op = torch.ops.fastgenloss.style_bwd.default
-    gi, gt = _direct(op, *args) if _eager_no_grad(grad_loss) else op(*args)
+    gi, gt = _backward_call(op, args, grad_loss)
     return (gi if need_i else None), (gt if need_t else None), None, None, None
 
 
@@ -588,7 +595,7 @@ def _contextual_backward(ctx, grad, _grad_cmax, _grad_istar):
         return None, None, None, None
     args = (grad, x, y, cmax, istar, *ctx.params, need_x, need_y)
     op = torch.ops.fastgenloss.contextual_bwd.default
-    gx, gy = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
+    gx, gy = _backward_call(op, args, grad)
     return (gx if need_x else None), (gy if need_y else None), None, None
 
 
@@ -655,7 +662,7 @@ def _seg_stats_backward(ctx, grad_stats, grad_xent):
         grad_xent = input.new_zeros((n, c), dtype=acc)
     args = (grad_stats, grad_xent, input, target, *ctx.params)
     op = torch.ops.fastgenloss.seg_stats_bwd.default
-    grad = _direct(op, *args) if _eager_no_grad(grad_stats) else op(*args)
+    grad = _backward_call(op, args, grad_stats)
     return (grad,) + (None,) * (nargs - 1)
 
 
@@ -689,9 +696,8 @@ def _seg_combine_bwd_fake(grad, stats, xent, overlap, bce, count, focal, binary,
 
 
 def _seg_combine_setup_context(ctx, inputs, output):
-    # (the class weights, the optional last argument, are constants: no gradient)
-    stats, xent, *params = inputs
-    weights = params.pop() if len(params) == 11 else None
+    # (the class weights, the last argument, are constants: no gradient)
+    stats, xent, *params, weights = inputs
     ctx.save_for_backward(stats, xent, weights)
     ctx.nargs = len(inputs)
     ctx.params = tuple(params)
@@ -703,7 +709,7 @@ def _seg_combine_backward(ctx, grad):
         return (None,) * ctx.nargs
     args = (grad, stats, xent, *ctx.params, weights)
     op = torch.ops.fastgenloss.seg_combine_bwd.default
-    gs, gx = _direct(op, *args) if _eager_no_grad(grad) else op(*args)
+    gs, gx = _backward_call(op, args, grad)
     return (gs if ctx.needs_input_grad[0] else None,
             gx if ctx.needs_input_grad[1] else None) + (None,) * (ctx.nargs - 2)
 

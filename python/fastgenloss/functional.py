@@ -27,14 +27,14 @@ import contextlib
 import torch
 from torch import Tensor
 
-from ._ops import (ContextualFwdFunction, GramFunction, StyleFwdFunction, call_op)
 from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOISE, MIX_EDM,
                    MIX_FLOW, MIX_VELOCITY, PRED_EPSILON, PRED_FLOW, PRED_SAMPLE, PRED_V,
                    REDUCE_MASKED_MEAN, REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM,
                    REDUCE_WEIGHT_MEAN, SCHED_ALPHAS_CUMPROD, SCHED_EDM, SCHED_FLOW,
                    WEIGHT_COSMAP, WEIGHT_EDM, WEIGHT_INVERSE_SNR, WEIGHT_MIN_SNR,
                    WEIGHT_MIN_SNR_FLOORED, WEIGHT_NONE, WEIGHT_SIGMA_SQRT, WEIGHT_SNR,
-                   DiffusionFwdFunction, DiffusionMixFunction, PixelFwdFunction, _direct)
+                   ContextualFwdFunction, DiffusionFwdFunction, DiffusionMixFunction,
+                   GramFunction, PixelFwdFunction, StyleFwdFunction, call_op)
 from ._segmentation import (dice_loss, focal_loss, iou_loss, jaccard_loss,  # noqa: F401
                             segmentation_loss, tversky_loss)
 
@@ -68,14 +68,6 @@ __all__ = [
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _REDUCTIONS = {"none": REDUCE_NONE, "mean": REDUCE_MEAN, "sum": REDUCE_SUM}
-
-
-def _no_grad_call(op, args):
-    """A call that autograd need not record (no input requires grad, or grad mode is off):
-    straight to the kernel in eager mode (see _ops._direct); the plain op while tracing."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return _direct(op, *args)
 
 
 def _desc(t: Tensor) -> str:
@@ -157,10 +149,8 @@ def _fused(fn: str, input: Tensor, target: Tensor, weight, *, l1=0.0, mse=0.0,
     )
     args = (input, target, w, float(l1), float(mse), float(charbonnier), float(huber),
             float(smooth_l1), float(eps), float(delta), float(beta), reduction, write_grad)
-    if needs_grad and not torch.compiler.is_compiling():
-        loss, _, _ = PixelFwdFunction.apply(*args)  # eager: same op and formula, less overhead
-    else:
-        loss, _, _ = _no_grad_call(torch.ops.fastgenloss.pixel_fwd.default, args)
+    loss, _, _ = call_op(torch.ops.fastgenloss.pixel_fwd.default, PixelFwdFunction, args,
+                         needs_grad)
     return loss
 
 
@@ -426,10 +416,8 @@ def _diffusion_call(model_output, sample, noise, t, table, weight, schedule, pre
     args = (model_output, sample, noise, t, table, weight, schedule, prediction, weighting,
             loss_type, float(snr_gamma), float(huber_c), float(sigma_data), reduction,
             write_grad)
-    if needs_grad and not torch.compiler.is_compiling():
-        loss, _, _ = DiffusionFwdFunction.apply(*args)
-    else:
-        loss, _, _ = _no_grad_call(torch.ops.fastgenloss.diffusion_fwd.default, args)
+    loss, _, _ = call_op(torch.ops.fastgenloss.diffusion_fwd.default, DiffusionFwdFunction,
+                         args, needs_grad)
     return loss
 
 
@@ -551,10 +539,8 @@ def _mix(fn: str, sample, noise, t, table, kind: int) -> Tensor:
         _check_sigmas(fn, t, n, device)
         t = _per_sample(t)
     args = (sample, noise, t, table, kind)
-    if torch.is_grad_enabled() and (sample.requires_grad or noise.requires_grad) and \
-            not torch.compiler.is_compiling():
-        return DiffusionMixFunction.apply(*args)
-    return _no_grad_call(torch.ops.fastgenloss.diffusion_mix.default, args)
+    return call_op(torch.ops.fastgenloss.diffusion_mix.default, DiffusionMixFunction, args,
+                   torch.is_grad_enabled() and (sample.requires_grad or noise.requires_grad))
 
 
 def add_noise(sample: Tensor, noise: Tensor, timesteps: Tensor,
