@@ -713,3 +713,104 @@ def test_eager_entry_points_skip_library_argument_handling(monkeypatch):
     (g2,) = torch.autograd.grad(loss2, x)
     assert calls  # the wrapper did run (so the first assertion can fail)
     assert torch.equal(loss, loss2) and torch.equal(g, g2)
+
+
+# ---- found by the differential fuzzer (tests/test_segmentation_fuzz.py) ----------------------
+
+@pytest.mark.parametrize("python_stage", [False, True], ids=["combine", "python-stage"])
+@pytest.mark.parametrize("case", ["absent", "all-ignored", "log-loss-all-ignored"])
+def test_gamma_below_one_at_zero_loss_has_zero_gradient(device, monkeypatch, python_stage, case):
+    """(mean loss) ** gamma with gamma < 1 where that mean is 0 and constant (every class absent
+    or every pixel ignored): torch's pow gives the derivative gamma * 0 ** (gamma - 1) = inf and
+    inf * 0 = NaN in every gradient element (smp's TverskyLoss does); ours is 0, the limit."""
+    _python_stage(monkeypatch, not python_stage)
+    x, t = make("multiclass", (3, 5), device=device, seed=3)
+    kw = dict(dice=0.0, iou=0.0, bce=0.0, tversky=1.0, tversky_alpha=0.7, tversky_beta=0.2,
+              tversky_gamma=0.75, ignore_index=IGNORE, log_loss=case.startswith("log"))
+    if case == "absent":
+        x, t = make("binary", (1, 1), device=device, seed=3)
+        t = torch.zeros_like(t)
+        kw["ignore_index"] = None
+    else:
+        t = torch.full_like(t, IGNORE)
+    mode = "binary" if case == "absent" else "multiclass"
+    for fn in (fgl.segmentation_loss, lambda *a, **k: R.segmentation_loss(a[0], a[1], mode=a[2], **k)):
+        loss = fn(x, t, mode, **kw)
+        (g,) = torch.autograd.grad(loss, x)
+        assert loss.item() == 0.0
+        assert torch.equal(g, torch.zeros_like(g)), g
+
+
+@pytest.mark.parametrize("gamma", [0.75, 2.0])
+def test_gamma_power_of_a_rounding_negative_loss_is_zero_not_nan(gamma):
+    """1 - score can round to -1 ulp where the prediction equals the target (probabilities as
+    input): (-tiny) ** 0.75 is NaN in torch; the power counts it as 0 (reference.power)."""
+    base = torch.tensor([-1e-17, 0.0, 0.25], dtype=torch.float64, requires_grad=True)
+    out = R.power(base, gamma)
+    (g,) = torch.autograd.grad(out.sum(), base)
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 0.25 ** gamma], dtype=torch.float64))
+    torch.testing.assert_close(g, torch.tensor([0.0, 0.0, gamma * 0.25 ** (gamma - 1)],
+                                               dtype=torch.float64))
+    assert torch.isnan(R.power(torch.tensor([float("nan")]), gamma)).all()
+    assert R.power(torch.tensor([0.0]), 0.0).item() == 1.0
+
+
+@pytest.mark.parametrize("kw", [dict(normalized=True), dict(reduced_threshold=0.5),
+                                dict(reduction="none")], ids=str)
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_focal_variants_gamma_below_one_saturated_float32(mode, kw):
+    """smp's focal variants with gamma < 1 in float32 where p_t rounds to 1 (|logit| ~ 15-40):
+    1 - exp(-l) is 0 there and the power's gradient NaN; ours takes -expm1(-l) and the power
+    with the limit at 0, finite and equal to the float64 result within float32 tolerance."""
+    x, t = make(mode, (7, 9), seed=19)
+    x = (x.detach() * 8).requires_grad_(True)
+    x32 = x.detach().float().requires_grad_(True)
+    out = {}
+    for xi in (x, x32):
+        loss = fgl.focal_loss(xi, t.to(xi.dtype), mode, gamma=0.5, **kw)
+        (g,) = torch.autograd.grad(loss.sum(), xi)
+        assert torch.isfinite(loss).all() and torch.isfinite(g).all()
+        out[xi.dtype] = (loss, g)
+    torch.testing.assert_close(out[torch.float32][0].double(), out[torch.float64][0],
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out[torch.float32][1].double(), out[torch.float64][1],
+                               rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_probabilities_input_gradient(device, mode, ignore):
+    """from_logits=False: loss and gradient (with respect to the probabilities) against the
+    reference in float64, the cross-entropy term included, probabilities near 0 and 1 (where
+    the eps clamp acts). Multiclass CE from probabilities is -log(clamp(p_label)), not
+    renormalized: the gradient is -1 / p at the label only."""
+    x, t = make(mode, (5, 6), ignore=ignore, seed=23, device=device)
+    z = x.detach() * 6
+    p = (z.softmax(1) if mode == "multiclass" else z.sigmoid()).requires_grad_(True)
+    ig = (IGNORE if mode == "multiclass" else -1) if ignore else None
+    kw = dict(dice=1.0, iou=0.5, bce=0.8, from_logits=False, eps=1e-3, ignore_index=ig)
+    check_against_reference(lambda a: fgl.segmentation_loss(a, t, mode, **kw),
+                            lambda a: R.segmentation_loss(a, t, mode=mode, **kw), [p],
+                            torch.float64)
+    if mode == "multiclass":
+        q = p.detach().requires_grad_(True)
+        loss = fgl.segmentation_loss(q, t, mode, dice=0.0, iou=0.0, bce=1.0, from_logits=False,
+                                     ignore_index=ig)
+        (g,) = torch.autograd.grad(loss, q)
+        lab = t.long().clamp(max=C - 1).unsqueeze(1)
+        keep = (t != IGNORE).unsqueeze(1) if ignore else torch.ones_like(lab, dtype=torch.bool)
+        at_label = torch.zeros_like(q).scatter_(1, lab, 1.0).bool() & keep
+        assert torch.equal(g[~at_label], torch.zeros_like(g[~at_label]))
+
+
+def test_probabilities_input_float32_saturated_bce():
+    """Binary BCE from saturated float32 probabilities: eps is honoured as in float64 (the
+    bound 1 - 1e-7 rounds to 1 - 1.19e-7 in float32, which would move the clamped logit from
+    16.12 to 15.94)."""
+    x, t = make("binary", (8, 8), seed=29)
+    p32 = (x.detach() * 30).sigmoid().float()
+    assert (p32 == 1).any() and (p32 == 0).any()
+    kw = dict(dice=0.0, iou=0.0, bce=1.0, from_logits=False)
+    got = fgl.segmentation_loss(p32, t.float(), "binary", **kw)
+    want = R.segmentation_loss(p32.double(), t, mode="binary", **kw)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)

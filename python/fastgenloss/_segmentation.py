@@ -158,8 +158,8 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
         p = xf.log_softmax(1).exp() if mode == SEG_MULTICLASS else F.logsigmoid(xf).exp()
     else:
         p = xf
-        q = xf.clamp(eps, 1 - eps)
-        logits = torch.log(q) if mode == SEG_MULTICLASS else torch.log(q / (1 - q))
+        logits = _ref.probability_logits(x, "multiclass" if mode == SEG_MULTICLASS else "binary",
+                                         eps, acc)
     if labels:
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         if torch.compiler.is_compiling():
@@ -189,7 +189,7 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
     if focal_gamma is not None:
         keepf = keep.expand_as(logits).to(acc)
         logpt = F.binary_cross_entropy_with_logits(logits, tt, reduction="none")
-        fl = (-torch.expm1(-logpt)).pow(focal_gamma) * logpt
+        fl = _ref.power(-torch.expm1(-logpt), focal_gamma) * logpt
         if focal_alpha is not None:
             fl = fl * (focal_alpha * tt + (1 - focal_alpha) * (1 - tt))
         cols += [(fl * keepf).sum(2), keepf.sum(2)]
@@ -331,6 +331,32 @@ def _check_common(fn: str, mode: str, reduction: str, classes, class_weights, sm
         raise ValueError(f"{fn}: smooth and eps must be >= 0, got {smooth} and {eps}")
 
 
+def _check_weight_sums(fn: str, class_weights, classes, c: int, overlap: bool, focal: bool,
+                       reduction: str) -> None:
+    """class_weights that would make a weighted class mean 0 / 0 (NaN): the selected classes'
+    weights summing to 0 (the overlap terms' mean), or all of them (the focal term's), or a
+    non-finite weight. Checked where the weights are on the host (a list, or a CPU tensor);
+    CUDA weights are not read back (no synchronization)."""
+    if class_weights is None or (isinstance(class_weights, Tensor) and class_weights.device.type != "cpu"):
+        return
+    w = (class_weights.detach().reshape(-1).tolist() if isinstance(class_weights, Tensor)
+         else [float(v) for v in class_weights])
+    if len(w) != c:
+        raise ValueError(f"{fn}: class_weights must have one weight per class ({c}), got {len(w)}")
+    if not all(math.isfinite(v) for v in w):
+        raise ValueError(f"{fn}: class_weights must be finite, got {w}")
+    if reduction != "mean":
+        return
+    if overlap:
+        idx = range(c) if classes is None else _class_index(classes, c, "cpu", fn).tolist()
+        if sum(w[i] for i in idx) == 0:
+            raise ValueError(f"{fn}: the class_weights of the classes averaged ({list(idx)}) sum "
+                             f"to 0, so their weighted mean is 0 / 0; got class_weights {w}")
+    if focal and sum(w) == 0:
+        raise ValueError(f"{fn}: class_weights sum to 0, so the focal term's weighted class mean "
+                         f"is 0 / 0; got {w}")
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over the ranks of ``group``; backward sums the gradients over the ranks too, so each
     rank's local statistics receive d(sum of every rank's loss)/d(stats) = world_size x the
@@ -404,10 +430,9 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                (tversky, tversky_alpha, tversky_beta, tversky_gamma)) if w]
     if reduction == "none" and (len(overlap) != 1 or bce or focal):
         raise ValueError(f"{_fn}: reduction='none' returns per-class losses of one overlap term")
-    if focal and class_weights is not None and len(class_weights) != (
-            input.shape[1] if input.dim() > 1 else 0):
-        raise ValueError(f"{_fn}: class_weights must have one weight per class "
-                         f"({input.shape[1]}), got {len(class_weights)}")
+    if class_weights is not None and input.dim() > 1:
+        _check_weight_sums(_fn, class_weights, classes, input.shape[1], bool(overlap), bool(focal),
+                           reduction)
     stats, xent = seg_stats(input, target, mode=mode, from_logits=from_logits,
                             ignore_index=ignore_index, eps=eps,
                             focal_gamma=focal_gamma if focal else None,
@@ -477,7 +502,7 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
             loss = _aggregate(per_image_losses[idx], classes, class_weights, reduction, _fn)
         if reduction == "none":
             return loss
-        add(w * (loss ** g if g != 1.0 else loss))
+        add(w * _ref.power(loss, g))
     if bce:
         x, count = parts[1], parts[2]
         add(bce * (x / count.clamp_min(1) if reduction == "mean" else x))

@@ -350,14 +350,36 @@ def _seg_prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
     return p, t, valid
 
 
+def power(base: Tensor, gamma: float) -> Tensor:
+    """base ** gamma for a base that is >= 0 up to rounding (a loss, 1 - p_t), with the value
+    and the gradient of its limit at 0: 0 ** gamma = 0 and d/dbase = 0 there (a negative
+    rounding residue counts as 0). torch's pow gives the derivative gamma * 0 ** (gamma - 1) =
+    inf at 0 for gamma < 1, and inf times the zero derivative of a masked or constant base
+    makes the whole gradient NaN (smp's TverskyLoss(gamma < 1) with an absent class or every
+    pixel ignored; its FocalLoss(gamma < 1) where p_t rounds to 1). gamma = 1 is the base
+    itself, gamma = 0 is 1; NaN stays NaN."""
+    if gamma == 1.0:
+        return base
+    if gamma == 0.0:
+        return base ** 0.0
+    zero = base <= 0
+    return torch.where(zero, torch.zeros_like(base), torch.where(zero, torch.ones_like(base), base) ** gamma)
+
+
+def probability_logits(p: Tensor, mode: str, eps: float, dtype: torch.dtype) -> Tensor:
+    """The logits of the cross-entropy terms for probabilities p (from_logits=False): log(q)
+    (multiclass) or log(q / (1 - q)) with q = clamp(p, eps, 1 - eps), computed in float64 and
+    returned in ``dtype``. In float32 the bound 1 - 1e-7 itself rounds to 1 - 1.19e-7, which
+    moves the binary logit of a saturated probability from 16.12 to 15.94 (1% of that element's
+    BCE); in float64 eps is honoured as given."""
+    q = p.to(torch.float64).clamp(eps, 1 - eps)
+    return (torch.log(q) if mode == "multiclass" else torch.log(q / (1 - q))).to(dtype)
+
+
 def _seg_logits(input: Tensor, mode: str, from_logits: bool, eps: float) -> Tensor:
     """Logits in float for the cross-entropy terms (probabilities mapped back as smp does)."""
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-    x = input.to(acc)
-    if from_logits:
-        return x
-    x = x.clamp(eps, 1 - eps)
-    return torch.log(x) if mode == "multiclass" else torch.log(x / (1 - x))
+    return input.to(acc) if from_logits else probability_logits(input, mode, eps, acc)
 
 
 def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = True,
@@ -403,7 +425,7 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float = 0.5
     loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
     loss = loss * (T > 0).to(loss.dtype)
     out = _aggregate(loss, classes, class_weights, reduction)
-    return out ** gamma if (gamma != 1.0 and reduction != "none") else out
+    return power(out, gamma) if reduction != "none" else out
 
 
 def dice_loss(input: Tensor, target: Tensor, *, mode: str, **kw) -> Tensor:
@@ -440,12 +462,14 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float | None 
         t = t.to(x.dtype) * keep
     x = x.reshape(n, c, m)
     logpt = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    pt = torch.exp(-logpt)
+    # 1 - p_t as -expm1(-l): 1 - exp(-l) rounds to 0 (and its power's gradient to NaN for
+    # gamma < 1) wherever l is below half an ulp of 1, as smp's does in float32
+    u = -torch.expm1(-logpt)
     if reduced_threshold is None:
-        factor = (1.0 - pt).pow(gamma)
+        factor = power(u, gamma)
     else:
-        factor = torch.where(pt < reduced_threshold, torch.ones_like(pt),
-                             ((1.0 - pt) / reduced_threshold).pow(gamma))
+        factor = torch.where(1.0 - u < reduced_threshold, torch.ones_like(u),
+                             power(u / reduced_threshold, gamma))
     loss = factor * logpt
     if alpha is not None:
         loss = loss * (alpha * t + (1 - alpha) * (1 - t))
@@ -473,12 +497,17 @@ def bce_loss(input: Tensor, target: Tensor, *, mode: str, ignore_index: int | No
     """The cross-entropy term: in binary / multilabel mode smp's SoftBCEWithLogitsLoss, in
     multiclass mode smp's SoftCrossEntropyLoss (pixel-wise softmax cross-entropy). As smp, an
     ignored element counts as a zero in the mean (torch's cross_entropy divides by the number
-    of kept elements instead)."""
+    of kept elements instead). From probabilities (from_logits=False) the multiclass term is
+    -log(clamp(p_label, eps, 1 - eps)), torch's nll_loss of log(p), as the binary term is the BCE
+    of the clamped probability: the clamped probabilities are not renormalized (a log_softmax
+    of log(p) would change the loss wherever the clamp moved a probability, and give every
+    class a gradient of 1 / sum(p))."""
     x = _seg_logits(input, mode, from_logits, eps)
     if mode == "multiclass":
         labels = target.long()
         keep = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
-        nll = -x.log_softmax(dim=1).gather(1, (labels * keep).unsqueeze(1)).squeeze(1)
+        logp = x.log_softmax(dim=1) if from_logits else x
+        nll = -logp.gather(1, (labels * keep).unsqueeze(1)).squeeze(1)
         loss = nll * keep
     else:
         t = target.reshape(x.shape)

@@ -140,11 +140,18 @@ FGL_HOST_DEVICE double seg_overlap_divisor(const SegCombine& q, const double* to
   return q.per_image ? static_cast<double>(q.n) * tot[6] : tot[6];
 }
 
-// x^g as torch's pow, and its derivative g x^(g-1) (0 for g = 0)
-FGL_HOST_DEVICE double seg_pow(double x, double g) { return g == 1.0 ? x : std::pow(x, g); }
+// x^g for a loss x >= 0 (up to rounding), and its derivative g x^(g-1), with the limits at 0
+// (reference.power): 0^g = 0 and a zero derivative there (not g * inf, which times the zero
+// derivative of a masked class gives NaN for g < 1); a negative rounding residue counts as 0;
+// g = 0 gives 1 and derivative 0; NaN stays NaN
+FGL_HOST_DEVICE double seg_pow(double x, double g) {
+  if (g == 1.0) return x;
+  if (g == 0.0) return 1.0;
+  return x <= 0.0 ? 0.0 : std::pow(x, g);
+}
 FGL_HOST_DEVICE double seg_dpow(double x, double g) {
   if (g == 1.0) return 1.0;
-  if (g == 0.0) return 0.0;
+  if (g == 0.0 || x <= 0.0) return 0.0;
   return g * std::pow(x, g - 1.0);
 }
 
