@@ -66,8 +66,14 @@ bool cpu_half(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
 }
 
-// The dtype a GEMM over `t` runs in.
-at::Tensor gemm_operand(const at::Tensor& t) { return cpu_half(t) ? t.to(at::kFloat) : t; }
+// The operand of a GEMM over `t` ([N, C, L]) at Gram scale `scale`: float32 for CPU half
+// (above), and for float16 on any device when scale * L > 1 (normalize=False): such a Gram sums
+// L products unnormalized and passes float16's 65504 long before the float32 loss does (L = 4096
+// features of 4), so its product, the target's Gram and the backward's dL/dD run in float32.
+at::Tensor gemm_operand(const at::Tensor& t, double scale) {
+  const bool f16_sums = t.scalar_type() == at::kHalf && scale * double(t.size(-1)) > 1.0;
+  return cpu_half(t) || f16_sums ? t.to(at::kFloat) : t;
+}
 
 // Rows of F per strip of the CPU's symmetric Gram (0: one full GEMM). Measured on 2 threads
 // (N = 2, VGG-19 layer shapes, float32; full batched GEMM vs strips, medians of 15):
@@ -122,9 +128,9 @@ at::Tensor gram_of(const at::Tensor& f3, double scale) {
 at::Tensor style_diff(const at::Tensor& x3, const at::Tensor& gy, double scale) {
   const auto acc = acc_of(x3.scalar_type());
   const auto n = x3.size(0), c = x3.size(1);
-  if (cpu_half(x3)) {
-    // float32 GEMM, difference taken in float before any rounding (see cpu_half)
-    return style_diff(x3.to(at::kFloat), gy.to(at::kFloat), scale);
+  if (const at::Tensor xf = gemm_operand(x3, scale); xf.scalar_type() != x3.scalar_type()) {
+    // float32 GEMM, difference taken in float before any rounding (see gemm_operand)
+    return style_diff(xf, gy.to(at::kFloat), scale);
   }
   if (x3.device().is_cpu() && sym_block(c) > 0 && x3.scalar_type() == acc) {
     // the symmetric Gram, then the difference (a C^2 pass beside the C^2 L product)
@@ -163,7 +169,9 @@ at::Tensor target_gram(const at::Tensor& input3, const at::Tensor& target, bool 
                 "] or [", c, ", ", c, "], got ", target.sizes());
     return target.dim() == 2 ? target.unsqueeze(0) : target;
   }
-  return gram_of(target_features(input3, target), scale);
+  // in the GEMM's dtype: float32 for half on the CPU (not rounded back to half: an
+  // unnormalized Gram can exceed float16's range where the float32 loss does not)
+  return gram_of(gemm_operand(target_features(input3, target), scale), scale);
 }
 
 double reduce_scale(int64_t reduction, int64_t count) {
@@ -179,7 +187,7 @@ at::Tensor gram_impl(const at::Tensor& features, double scale) {
 // d/dF of <grad, s F F^T> = s (grad + grad^T) F
 at::Tensor gram_bwd_impl(const at::Tensor& grad, const at::Tensor& features, double scale) {
   const at::Tensor f3 = as_ncl(features, "features");
-  const at::Tensor f = gemm_operand(f3);
+  const at::Tensor f = gemm_operand(f3, scale);
   const at::Tensor sym = (grad + grad.transpose(1, 2)).to(f.scalar_type());
   at::Tensor out = empty_like_output(f, {}, at::MemoryFormat::Contiguous);
   at::baddbmm_out(out, out, sym, f, 0.0, scale);
@@ -244,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor> style_bwd_impl(const at::Tensor& grad_output,
   at::Tensor gi, gt;
   // dL/dF = s (dL/dD + dL/dD^T) F = 4 s c (go D) F for symmetric go D
   auto feat_grad = [&](const at::Tensor& f_in, const at::Tensor& like, double sign) {
-    const at::Tensor f = gemm_operand(f_in);
+    const at::Tensor f = gemm_operand(f_in, scale);
     at::Tensor out = empty_like_output(f, {}, at::MemoryFormat::Contiguous);
     if (f.size(2) == 0 || f.size(1) == 0) return out.zero_().to(f_in.scalar_type()).view(like.sizes());
     at::baddbmm_out(out, out, dD.to(f.scalar_type()), f, 0.0, sign * 4.0 * scale * c);

@@ -100,6 +100,28 @@ def test_float16_gram_does_not_overflow(device):
     torch.testing.assert_close(loss.double(), want, rtol=5e-3, atol=0)
 
 
+@pytest.mark.parametrize("target_is_gram", [False, True])
+def test_float16_unnormalized_style_loss_is_finite(device, target_is_gram):
+    """normalize=False in float16: the Grams themselves (sums of 1024 post-ReLU products, up
+    to ~9e4 here) pass 65504, the float32 loss does not. The Gram products, the target
+    features' Gram (once rounded back to float16 on the CPU: inf) and the backward's dL/dD run
+    in float32; loss and gradients against float64."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(2, 8, 32, 32, generator=g, dtype=torch.float64) * 16).relu().to(device)
+    y = (torch.randn(2, 8, 32, 32, generator=g, dtype=torch.float64) * 16).relu().to(device)
+    assert R.gram_matrix(y, normalize=False).abs().max() > 65504
+    t = R.gram_matrix(y, normalize=False).float() if target_is_gram else y.half()
+    xh = x.half().requires_grad_(True)
+    loss = fgl.style_loss(xh, t, normalize=False, target_is_gram=target_is_gram)
+    (gx,) = torch.autograd.grad(loss, xh)
+    xr = xh.detach().double().requires_grad_(True)
+    want = R.style_loss(xr, t.double(), normalize=False, target_is_gram=target_is_gram)
+    (wx,) = torch.autograd.grad(want, xr)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(gx).all()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(gx.double(), wx, rtol=2e-3, atol=2e-3 * wx.abs().max().item())
+
+
 def test_large_hw(device):
     x = feats((1, 16, 256, 256), device, requires_grad=False).float()
     torch.testing.assert_close(fgl.gram_matrix(x), R.gram_matrix(x.double()).float(),
