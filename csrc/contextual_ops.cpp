@@ -139,9 +139,10 @@ void row_exponent_cpu(const at::Tensor& s, at::Tensor& dst, at::Tensor& inv, at:
       const T iv = T(1) / (T(1) - m + T(kDistEps));
       ip[r] = iv;
       jp[r] = arg;
-      const T a = (T(1) - iv) / th, b = iv / th;
+      // (1 - d~_ij) / h less the row's largest, (1 - d~ at the argmin of d) / h: (S_ij - max S) inv / h
+      const T b = iv / th;
       T* out = dp + r * q;
-      for (int64_t jj = 0; jj < q; ++jj) out[jj] = a + row[jj] * b;
+      for (int64_t jj = 0; jj < q; ++jj) out[jj] = (row[jj] - m) * b;
     }
   });
 }
@@ -225,8 +226,12 @@ bool fused_cpu(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
 
-// One block of rows [r0, r0 + len): S, and from it w = exp(S inv / h + (1 - inv) / h) with
+// One block of rows [r0, r0 + len): S, and from it w = exp((S - max_j S) inv / h) with
 // inv = 1 / (1 - max_j S + eps), its row sums z and the argmax over j of S (argmin of d).
+// That is the port's exp((1 - d~) / h) times exp(-(its row's largest exponent)), a per-row
+// factor that cx = w / z cancels (and with it its gradient: softmax is shift-invariant), so
+// w <= 1 and z >= 1: the port's exp overflows float32 once 1 / h passes 88 (band_width < 0.0114,
+// e.g. 0.01: inf / inf = NaN), ours does not.
 struct Block {
   at::Tensor s, w, inv, z, jmin;
 };
@@ -247,7 +252,7 @@ Block block(const Normalized& nm, int64_t r0, int64_t len, double h, bool keep_s
     auto [smax, jmin] = b.s.max(2, /*keepdim=*/true);
     b.jmin = jmin;
     b.inv = (1.0 - smax).add_(kDistEps).reciprocal_();
-    b.w = at::addcmul(b.inv.neg().add_(1.0).div_(h), b.s, b.inv.div(h)).exp_();
+    b.w = at::sub(b.s, smax).mul_(b.inv.div(h)).exp_();
   }
   b.z = b.w.sum(2, /*keepdim=*/true);
   if (!keep_s) b.s = at::Tensor();
