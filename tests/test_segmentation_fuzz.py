@@ -30,7 +30,7 @@ SPATIAL = [(1, 1), (3, 5), (7, 9), (2, 3, 4), (17, 13), (70, 3)]
 F16_MAX = 65504.0
 
 
-def _input(rng: random.Random, g: torch.Generator, mode: str, n: int, c: int, spatial,
+def _input(g: torch.Generator, mode: str, n: int, c: int, spatial,
            from_logits: bool, scale: float) -> torch.Tensor:
     x = torch.randn((n, c, *spatial), generator=g, dtype=torch.float64) * scale
     if not from_logits:
@@ -84,7 +84,7 @@ def _smp_case(seed: int):
     kind = rng.choice(["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss"])
     n, c = rng.choice([1, 2, 3]), 1 if mode == "binary" else rng.choice([2, 3, 5])
     from_logits = kind == "FocalLoss" or rng.random() < 0.8
-    x = _input(rng, g, mode, n, c, rng.choice(SPATIAL), from_logits,
+    x = _input(g, mode, n, c, rng.choice(SPATIAL), from_logits,
                rng.choice([0.1, 2.0, 10.0, 40.0]))
     t, ignore = _target(rng, g, mode, x.shape, soft_ok=kind != "FocalLoss")
     kw = {}
@@ -140,7 +140,7 @@ def _fused_case(seed: int):
     n, c = rng.choice([1, 2, 3, 4]), 1 if mode == "binary" else rng.choice([2, 3, 5, 8])
     dtype = rng.choice([torch.float64, torch.float32, torch.float32, torch.float16, torch.bfloat16])
     from_logits = rng.random() < 0.8
-    x = _input(rng, g, mode, n, c, rng.choice(SPATIAL + [(33, 65)]), from_logits,
+    x = _input(g, mode, n, c, rng.choice(SPATIAL + [(33, 65)]), from_logits,
                rng.choice([0.1, 2.0, 10.0, 40.0, 200.0])).to(dtype)
     t, ignore = _target(rng, g, mode, x.shape, soft_ok=True)
     if mode != "multiclass":  # as smp (type_as), a float mask is read in the input's dtype
