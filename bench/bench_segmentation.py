@@ -10,6 +10,10 @@ A second case, "binary dice+0.8bce+focal" (mask generators: one channel, sigmoid
 runs on the same shapes with C = 1: fastgenloss vs smp's DiceLoss + 0.8 SoftBCEWithLogitsLoss +
 FocalLoss, the reference eager and compiled (MONAI's focal loss has other conventions: no row).
 
+A third case, "smoothed" (opt-in: FGL_BENCH_SEG_CASES=smoothed), is the multiclass sum with
+label smoothing 0.1 on the CE term: smp's SoftCrossEntropyLoss(smooth_factor=0.1), MONAI's
+Dices + torch's cross_entropy(label_smoothing=0.1).
+
 FGL_BENCH_SEG: comma-separated logits shapes NxCxHxW or NxCxDxHxW (default 8x19x256x256 and
 2x4x64x64x64 on the CPU; 16x19x512x512 and 2x4x128x128x128 on a GPU). FGL_BENCH_SEG_CASES:
 "multiclass,binary" (default). smp / MONAI rows are left out where the package is not installed.
@@ -38,6 +42,9 @@ CASES = [c.strip() for c in os.environ.get("FGL_BENCH_SEG_CASES", "multiclass,bi
 _BINARY = dict(dice=1.0, iou=0.0, bce=0.8, focal=1.0)
 
 
+_LS = 0.1  # the "smoothed" case's label smoothing
+
+
 def _smp(case):
     try:
         import segmentation_models_pytorch.losses as L
@@ -47,7 +54,7 @@ def _smp(case):
         dice, bce, focal = L.DiceLoss("binary"), L.SoftBCEWithLogitsLoss(), L.FocalLoss("binary")
         return lambda x, t: dice(x, t) + 0.8 * bce(x, t) + focal(x, t)
     dice, iou = L.DiceLoss("multiclass"), L.JaccardLoss("multiclass")
-    ce = L.SoftCrossEntropyLoss(smooth_factor=0.0)
+    ce = L.SoftCrossEntropyLoss(smooth_factor=_LS if case == "smoothed" else 0.0)
     return lambda x, t: dice(x, t) + iou(x, t) + 0.8 * ce(x, t)
 
 
@@ -60,8 +67,9 @@ def _monai(case):
         return None
     dice = DiceLoss(softmax=True, to_onehot_y=True, batch=True)
     iou = DiceLoss(softmax=True, to_onehot_y=True, batch=True, jaccard=True)
+    ls = _LS if case == "smoothed" else 0.0
     return lambda x, t: (dice(x, t.unsqueeze(1)) + iou(x, t.unsqueeze(1))
-                         + 0.8 * torch.nn.functional.cross_entropy(x, t))
+                         + 0.8 * torch.nn.functional.cross_entropy(x, t, label_smoothing=ls))
 
 
 def _ours(x, t):
@@ -70,6 +78,16 @@ def _ours(x, t):
 
 def _ref(x, t):
     return R.segmentation_loss(x, t, mode="multiclass", dice=1.0, iou=1.0, bce=0.8)
+
+
+def _ours_smoothed(x, t):
+    return fgl.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0, bce=0.8,
+                                 label_smoothing=_LS)
+
+
+def _ref_smoothed(x, t):
+    return R.segmentation_loss(x, t, mode="multiclass", dice=1.0, iou=1.0, bce=0.8,
+                               label_smoothing=_LS)
 
 
 def _ours_binary(x, t):
@@ -84,15 +102,18 @@ _compiled: dict = {}
 IMPLS = bench_impls() + ["smp", "monai"]
 
 
+_OURS = {"multiclass": _ours, "binary": _ours_binary, "smoothed": _ours_smoothed}
+_REFS = {"multiclass": _ref, "binary": _ref_binary, "smoothed": _ref_smoothed}
+
+
 def _impl_fn(impl: str, case: str):
-    binary = case == "binary"
     if impl == "fastgenloss":
-        return _ours_binary if binary else _ours
+        return _OURS[case]
     if impl == "reference":
-        return _ref_binary if binary else _ref
+        return _REFS[case]
     if impl == "compile":
         if case not in _compiled:
-            _compiled[case] = torch.compile(_ref_binary if binary else _ref, dynamic=False)
+            _compiled[case] = torch.compile(_REFS[case], dynamic=False)
         return _compiled[case]
     fn = {"smp": _smp, "monai": _monai}[impl](case)
     if fn is None:
@@ -128,7 +149,8 @@ def test_segmentation(benchmark, case, passes, impl, shape, dtype):
         t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(DEVICE)
     x.requires_grad_(passes != "fwd")
     name = _shape_id(shape)
-    label = "binary dice+0.8bce+focal" if case == "binary" else "dice+iou+0.8ce"
+    label = {"binary": "binary dice+0.8bce+focal", "multiclass": "dice+iou+0.8ce",
+             "smoothed": "dice+iou+0.8ce ls=0.1"}[case]
     benchmark.group = f"segmentation {label} {passes} {name} {str(dtype)[6:]} {DEVICE}"
     # bytes a pass must move at least: the logits once (+ the gradient backward), the labels
     nbytes = x.numel() * x.element_size() + t.numel() * t.element_size()

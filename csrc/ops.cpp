@@ -213,13 +213,19 @@ TORCH_LIBRARY(fastgenloss, m) {
   // segmentation statistics (fastgenloss/seg_math.h): logits [N, C, M], labels [N, M] or mask
   // [N, C, M] -> (stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]); with
   // focal_gamma >= 0 stats are [N, C, 5]: + the focal term's sum and the kept count
-  // (focal_alpha < 0: no alpha weighting). CPU kernels
+  // (focal_alpha < 0: no alpha weighting). label_smoothing in [0, 1]: the cross-entropy
+  // against smoothed targets (multiclass: (1 - ls) onehot + ls / C, torch's and smp's
+  // SoftCrossEntropyLoss'; binary / multilabel: t (1 - ls) + (1 - t) ls, smp's
+  // SoftBCEWithLogitsLoss'); the other statistics keep the targets as they are. The CUDA
+  // kernel takes label_smoothing = 0 only (Python computes smoothed statistics on CUDA with
+  // PyTorch ops until a GPU session has run the kernel with it)
   m.def(
       "seg_stats(Tensor input, Tensor target, int mode, bool has_ignore, int ignore_index, "
-      "float focal_gamma=-1.0, float focal_alpha=-1.0) -> (Tensor, Tensor)");
+      "float focal_gamma=-1.0, float focal_alpha=-1.0, float label_smoothing=0.0) -> (Tensor, Tensor)");
   m.def(
       "seg_stats_bwd(Tensor grad_stats, Tensor grad_xent, Tensor input, Tensor target, int mode, "
-      "bool has_ignore, int ignore_index, float focal_gamma=-1.0, float focal_alpha=-1.0) -> Tensor");
+      "bool has_ignore, int ignore_index, float focal_gamma=-1.0, float focal_alpha=-1.0, "
+      "float label_smoothing=0.0) -> Tensor");
   // integer labels [N, M] (any integer dtype) checked against [0, num_classes) or ignore_index
   // (an error naming the first bad label) -> int64 labels with the ignored ones set to 0: the
   // PyTorch-ops statistics' labels under torch.compile, where Python cannot branch on the data

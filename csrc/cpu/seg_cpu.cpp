@@ -21,9 +21,12 @@ using seg_cpu::Focal;
 using seg_cpu::kChunk;
 using seg_cpu::kOp;
 
-void check_args(const at::Tensor& input, const at::Tensor& target, int64_t mode) {
+void check_args(const at::Tensor& input, const at::Tensor& target, int64_t mode,
+                double label_smoothing) {
   TORCH_CHECK(mode == kSegBinary || mode == kSegMulticlass || mode == kSegMultilabel, kOp,
               ": unknown mode code ", mode);
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, kOp,
+              ": label_smoothing must be in [0, 1], got ", label_smoothing);
   TORCH_CHECK(input.dim() == 3 && at::isFloatingType(input.scalar_type()), kOp,
               ": input must be floating logits [N, C, M], got ", input.sizes(), " ",
               input.scalar_type());
@@ -60,8 +63,8 @@ void raise_bad_label(const BadLabel& bad, int64_t c, bool has_ignore, int64_t ig
 std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const at::Tensor& target_,
                                                  int64_t mode, bool has_ignore,
                                                  int64_t ignore_index, double focal_gamma,
-                                                 double focal_alpha) {
-  check_args(input_, target_, mode);
+                                                 double focal_alpha, double label_smoothing) {
+  check_args(input_, target_, mode, label_smoothing);
   const Focal focal{focal_gamma >= 0.0, focal_gamma, focal_alpha};
   const int64_t W = focal.part(), S = focal.stats();
   const bool nhwc = mode == kSegMulticlass && channels_last_view(input_);
@@ -74,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const
   BadLabel bad;
   if (m > 0 && n > 0 && c > 0) {
     const seg_cpu::FwdArgs args{input, target, mode, n, c, m, nch, has_ignore, ignore_index,
-                                focal, nhwc, part, bad};
+                                focal, nhwc, part, bad, label_smoothing};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "seg_stats",
                                     [&] { seg_cpu::stats_fwd<scalar_t>(args); });
   }
@@ -103,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cpu(const at::Tensor& input_, const
 at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& grad_xent,
                              const at::Tensor& input_, const at::Tensor& target_, int64_t mode,
                              bool has_ignore, int64_t ignore_index, double focal_gamma,
-                             double focal_alpha) {
-  check_args(input_, target_, mode);
+                             double focal_alpha, double label_smoothing) {
+  check_args(input_, target_, mode, label_smoothing);
   const Focal focal{focal_gamma >= 0.0, focal_gamma, focal_alpha};
   const bool nhwc = mode == kSegMulticlass && channels_last_view(input_);
   const at::Tensor input = nhwc ? input_ : input_.contiguous(), target = target_.contiguous();
@@ -120,7 +123,7 @@ at::Tensor seg_stats_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& gra
   BadLabel bad;
   if (input.numel() > 0) {
     const seg_cpu::BwdArgs args{input, target, mode, n, c, m, has_ignore, ignore_index, gs, gx,
-                                out, focal, nhwc, bad};
+                                out, focal, nhwc, bad, label_smoothing};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "seg_stats_bwd",
                                     [&] { seg_cpu::stats_bwd<scalar_t>(args); });
   }

@@ -49,6 +49,7 @@ struct FwdArgs {
   bool nhwc;
   std::vector<double>& part;  // chunk partials, added in seg_cpu.cpp
   BadLabel& bad;
+  double label_smoothing;     // of the cross-entropy column X only (see ops.cpp)
 };
 
 // The arguments of the gradient pass.
@@ -64,6 +65,7 @@ struct BwdArgs {
   const Focal& focal;
   bool nhwc;
   BadLabel& bad;
+  double label_smoothing;
 };
 
 // Defined in seg_cpu_kernels.h, instantiated for float, double, at::Half and at::BFloat16.

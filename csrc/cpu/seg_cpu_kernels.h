@@ -264,8 +264,10 @@ struct Tile {
 template <int FGI, typename scalar_t, typename label_t>
 FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
-                    BadLabel& bad, const Focal& focal, bool nhwc, int64_t begin, int64_t end) {
+                    BadLabel& bad, const Focal& focal, bool nhwc, double label_smoothing,
+                    int64_t begin, int64_t end) {
   using acc_t = acc_type_t<scalar_t>;
+  const acc_t ls = acc_t(label_smoothing), inv_c = acc_t(1) / acc_t(c);
   // part: [N, nch, C, W] (P, T, A, X[, F, K])
   const int64_t W = focal.part();
   const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
@@ -332,10 +334,27 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
           }
         }
       }
-      for (int64_t t = 0; t < len; ++t) {
-        if (!tile.valid[t]) continue;
-        const int64_t l = tile.lbl[t];
-        acc[l * W + 3] += tile.lse[t] - tile.logits(l)[t];  // -log softmax_l
+      if (ls == acc_t(0)) {
+        for (int64_t t = 0; t < len; ++t) {
+          if (!tile.valid[t]) continue;
+          const int64_t l = tile.lbl[t];
+          acc[l * W + 3] += tile.lse[t] - tile.logits(l)[t];  // -log softmax_l
+        }
+      } else {
+        // smoothed: (1 - ls)(-log softmax_l) + ls mean_k(-log softmax_k), mean_k(-log softmax_k)
+        // = lse - mean_k x_k, credited to the label's class as the unsmoothed term is
+        acc_t xs[kTile];
+        for (int64_t t = 0; t < len; ++t) xs[t] = acc_t(0);
+        for (int64_t k = 0; k < c; ++k) {
+          const acc_t* row = tile.logits(k);
+          for (int64_t t = 0; t < len; ++t) xs[t] += row[t];
+        }
+        for (int64_t t = 0; t < len; ++t) {
+          if (!tile.valid[t]) continue;
+          const int64_t l = tile.lbl[t];
+          acc[l * W + 3] += (acc_t(1) - ls) * (tile.lse[t] - tile.logits(l)[t]) +
+                            ls * (tile.lse[t] - xs[t] * inv_c);
+        }
       }
     }
   }
@@ -344,11 +363,12 @@ FGL_CPU_MULTIVERSION void multiclass_fwd_range(const scalar_t* x, const label_t*
 template <typename scalar_t, typename label_t>
 void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, std::vector<double>& part, int64_t nch,
-                    BadLabel& bad, const Focal& focal, bool nhwc) {
+                    BadLabel& bad, const Focal& focal, bool nhwc, double label_smoothing) {
   with_focal_variant(focal, [&](auto fgi) {
     at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
       multiclass_fwd_range<decltype(fgi)::value, scalar_t, label_t>(
-          x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal, nhwc, begin, end);
+          x, lab, n, c, m, has_ignore, ignore, part, nch, bad, focal, nhwc, label_smoothing,
+          begin, end);
     });
   });
 }
@@ -358,9 +378,12 @@ void multiclass_fwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c,
 template <int FGI, typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
-                    scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc, int64_t begin,
-                    int64_t end) {
+                    scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc,
+                    double label_smoothing, int64_t begin, int64_t end) {
   // gs: [N, C, S] (dL/dP, dL/dT, dL/dA[, dL/dF, dL/dK]); gx: [N, C] (dL/dX)
+  // the cross-entropy's gradient is p - the smoothed target (1 - ls) t + ls / C (exactly t at
+  // ls = 0)
+  const acc_t keep1 = acc_t(1 - label_smoothing), lsc = acc_t(label_smoothing / double(c));
   const int64_t S = focal.stats();
   const acc_t fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
   const int64_t nch = (m + kChunk - 1) / kChunk;
@@ -404,7 +427,7 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
           auto grad = [&](int64_t t) __attribute__((always_inline)) {
             const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
             // ignored positions: vf = 0 zeroes both parts (gce already carries vf)
-            return ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+            return ek[t] * (gk[t] - dot[t]) * tile.vf[t] + gce[t] * (ek[t] - (tv * keep1 + lsc));
           };
           if (!nhwc) {
             for (int64_t t = 0; t < len; ++t) orow[t] = scalar_t(grad(t));
@@ -423,7 +446,8 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
           }
           auto grad = [&](int64_t t) __attribute__((always_inline)) {
             const acc_t tv = tile.lbl32[t] == int32_t(k) ? acc_t(1) : acc_t(0);
-            return (ek[t] * (gk[t] - dot[t]) + gf * df[t]) * tile.vf[t] + gce[t] * (ek[t] - tv);
+            return (ek[t] * (gk[t] - dot[t]) + gf * df[t]) * tile.vf[t] +
+                   gce[t] * (ek[t] - (tv * keep1 + lsc));
           };
           if (!nhwc) {
             for (int64_t t = 0; t < len; ++t) orow[t] = scalar_t(grad(t));
@@ -445,12 +469,14 @@ FGL_CPU_MULTIVERSION void multiclass_bwd_range(const scalar_t* x, const label_t*
 template <typename scalar_t, typename label_t, typename acc_t = acc_type_t<scalar_t>>
 void multiclass_bwd(const scalar_t* x, const label_t* lab, int64_t n, int64_t c, int64_t m,
                     bool has_ignore, int64_t ignore, const acc_t* gs, const acc_t* gx,
-                    scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc) {
+                    scalar_t* out, BadLabel& bad, const Focal& focal, bool nhwc,
+                    double label_smoothing) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
   with_focal_variant(focal, [&](auto fgi) {
     at::parallel_for(0, n * nch, 1, [&](int64_t begin, int64_t end) {
       multiclass_bwd_range<decltype(fgi)::value, scalar_t, label_t>(
-          x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal, nhwc, begin, end);
+          x, lab, n, c, m, has_ignore, ignore, gs, gx, out, bad, focal, nhwc, label_smoothing,
+          begin, end);
     });
   });
 }
@@ -504,7 +530,7 @@ FGL_SEG_INLINE bool hard_tile(const target_t* tr, int64_t j0, int64_t len, bool 
 template <int FGI, bool kHard, typename scalar_t, typename target_t, typename acc_t>
 FGL_SEG_INLINE void sigmoid_fwd_elems(const scalar_t* __restrict__ xr, const target_t* __restrict__ tr,
                                       int64_t len, bool has_ignore, acc_t ig, acc_t fg, acc_t fa,
-                                      acc_t* __restrict__ pk, acc_t* __restrict__ tk,
+                                      acc_t ls, acc_t* __restrict__ pk, acc_t* __restrict__ tk,
                                       acc_t* __restrict__ bk, acc_t* __restrict__ fk,
                                       acc_t* __restrict__ kk) {
   constexpr bool kFocal = FGI != 0;
@@ -515,7 +541,9 @@ FGL_SEG_INLINE void sigmoid_fwd_elems(const scalar_t* __restrict__ xr, const tar
     const SigmoidElem<acc_t> e(v, tt);
     pk[j] = e.p * keep;
     tk[j] = tt;
-    bk[j] = e.bce * keep;
+    // BCE against the smoothed target tt (1 - ls) + (1 - tt) ls: linear in the target, the
+    // BCE of tt minus ls (1 - 2 tt) v (exactly e.bce at ls = 0)
+    bk[j] = (e.bce - ls * (acc_t(1) - acc_t(2) * tt) * v) * keep;
     if constexpr (kFocal) {
       acc_t unused;
       fk[j] = keep * sigmoid_focal<FGI, kHard>(v, tt, e, fg, fa, &unused);
@@ -529,7 +557,8 @@ FGL_SEG_INLINE void sigmoid_fwd_elems(const scalar_t* __restrict__ xr, const tar
 // (with_focal_variant), compiled for AVX2 and the baseline.
 template <int FGI, typename scalar_t, typename target_t, typename acc_t>
 FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* tr, int64_t m0, int64_t m1,
-                                      bool has_ignore, acc_t ig, acc_t fg, acc_t fa, double* acc) {
+                                      bool has_ignore, acc_t ig, acc_t fg, acc_t fa, acc_t ls,
+                                      double* acc) {
   constexpr bool kFocal = FGI != 0;
   using V = typename LaneVec<acc_t>::V;
   V P{}, T{}, A{}, X{}, F{}, K{};  // kLanes partial sums each (see LaneVec)
@@ -537,9 +566,9 @@ FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* 
   for (int64_t j0 = m0; j0 < m1; j0 += kTile) {
     const int64_t len = std::min(kTile, m1 - j0);
     if (kFocal && hard_tile(tr, j0, len, has_ignore, ig)) {
-      sigmoid_fwd_elems<FGI, true>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
+      sigmoid_fwd_elems<FGI, true>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, ls, pk, tk, bk, fk, kk);
     } else {
-      sigmoid_fwd_elems<FGI, false>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, pk, tk, bk, fk, kk);
+      sigmoid_fwd_elems<FGI, false>(xr + j0, tr + j0, len, has_ignore, ig, fg, fa, ls, pk, tk, bk, fk, kk);
     }
     int64_t j = 0;
     for (; j + kLanes <= len; j += kLanes) {
@@ -582,26 +611,30 @@ FGL_CPU_MULTIVERSION void sigmoid_fwd_chunk(const scalar_t* xr, const target_t* 
 // skip the soft-target exp.
 template <typename scalar_t, typename target_t>
 void sigmoid_fwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
-                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal, int64_t begin, int64_t end) {
+                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal,
+                 double label_smoothing, int64_t begin, int64_t end) {
   using acc_t = acc_type_t<scalar_t>;
   // part: [rows, nch, W] (P, T, A, X[, F, K])
   const int64_t W = focal.part();
   const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
+  const acc_t ls = acc_t(label_smoothing);
   with_focal_variant(focal, [&](auto fgi) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / nch, ch = task % nch;
       const int64_t m0 = ch * kChunk, m1 = std::min(m, m0 + kChunk);
       sigmoid_fwd_chunk<decltype(fgi)::value>(x + r * m, tg + r * m, m0, m1, has_ignore, ig, fg,
-                                              fa, part.data() + task * W);
+                                              fa, ls, part.data() + task * W);
     }
   });
 }
 
 template <typename scalar_t, typename target_t>
 void sigmoid_fwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
-                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal) {
+                 double ignore, std::vector<double>& part, int64_t nch, const Focal& focal,
+                 double label_smoothing) {
   at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
-    sigmoid_fwd_range<scalar_t, target_t>(x, tg, rows, m, has_ignore, ignore, part, nch, focal, begin, end);
+    sigmoid_fwd_range<scalar_t, target_t>(x, tg, rows, m, has_ignore, ignore, part, nch, focal,
+                                          label_smoothing, begin, end);
   });
 }
 
@@ -612,7 +645,7 @@ template <int FGI, typename scalar_t, typename target_t, typename acc_t>
 FGL_CPU_MULTIVERSION void sigmoid_bwd_chunk(const scalar_t* xr, const target_t* tr, scalar_t* orow,
                                             int64_t m0, int64_t m1, bool has_ignore, acc_t ig,
                                             acc_t fg, acc_t fa, acc_t gp, acc_t ga, acc_t gce,
-                                            acc_t gf) {
+                                            acc_t gf, acc_t ls) {
   constexpr bool kFocal = FGI != 0;
   auto tile = [&](auto hard, int64_t j0, int64_t j1) __attribute__((always_inline)) {
     constexpr bool kHard = decltype(hard)::value;
@@ -623,7 +656,8 @@ FGL_CPU_MULTIVERSION void sigmoid_bwd_chunk(const scalar_t* xr, const target_t* 
       const SigmoidElem<acc_t> s(v, tk);
       const acc_t u = s.p - tk;
       const acc_t sg = u > acc_t(0) ? acc_t(1) : (u < acc_t(0) ? acc_t(-1) : acc_t(0));
-      acc_t d = (gp + ga * sg) * s.dp + gce * u;
+      // the BCE's gradient: p - the smoothed target = u - ls (1 - 2 tk) (u at ls = 0)
+      acc_t d = (gp + ga * sg) * s.dp + gce * (u - ls * (acc_t(1) - acc_t(2) * tk));
       if constexpr (kFocal) {
         acc_t dfdx;
         sigmoid_focal<FGI, kHard>(v, tk, s, fg, fa, &dfdx);
@@ -650,10 +684,11 @@ FGL_CPU_MULTIVERSION void sigmoid_bwd_chunk(const scalar_t* xr, const target_t* 
 template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>
 void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
                  double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out,
-                 const Focal& focal, int64_t begin, int64_t end) {
+                 const Focal& focal, double label_smoothing, int64_t begin, int64_t end) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
   const int64_t S = focal.stats();
   const acc_t ig = acc_t(ignore), fg = acc_t(focal.gamma), fa = acc_t(focal.alpha);
+  const acc_t ls = acc_t(label_smoothing);
   with_focal_variant(focal, [&](auto fgi) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / nch, ch = task % nch;
@@ -661,7 +696,7 @@ void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int6
       const acc_t gp = gs[r * S + 0], ga = gs[r * S + 2], gce = gx[r];
       const acc_t gf = focal.on ? gs[r * S + 3] : acc_t(0);
       sigmoid_bwd_chunk<decltype(fgi)::value>(x + r * m, tg + r * m, out + r * m, m0, m1,
-                                              has_ignore, ig, fg, fa, gp, ga, gce, gf);
+                                              has_ignore, ig, fg, fa, gp, ga, gce, gf, ls);
     }
   });
 }
@@ -669,10 +704,11 @@ void sigmoid_bwd_range(const scalar_t* x, const target_t* tg, int64_t rows, int6
 template <typename scalar_t, typename target_t, typename acc_t = acc_type_t<scalar_t>>
 void sigmoid_bwd(const scalar_t* x, const target_t* tg, int64_t rows, int64_t m, bool has_ignore,
                  double ignore, const acc_t* gs, const acc_t* gx, scalar_t* out,
-                 const Focal& focal) {
+                 const Focal& focal, double label_smoothing) {
   const int64_t nch = (m + kChunk - 1) / kChunk;
   at::parallel_for(0, rows * nch, 1, [&](int64_t begin, int64_t end) {
-    sigmoid_bwd_range<scalar_t, target_t>(x, tg, rows, m, has_ignore, ignore, gs, gx, out, focal, begin, end);
+    sigmoid_bwd_range<scalar_t, target_t>(x, tg, rows, m, has_ignore, ignore, gs, gx, out, focal,
+                                          label_smoothing, begin, end);
   });
 }
 
@@ -685,7 +721,7 @@ void stats_fwd(const FwdArgs& a) {
       using label_t = decltype(tag);
       multiclass_fwd<scalar_t, label_t>(a.input.data_ptr<scalar_t>(), a.target.data_ptr<label_t>(),
                                         a.n, a.c, a.m, a.has_ignore, a.ignore_index, a.part, a.nch,
-                                        a.bad, a.focal, a.nhwc);
+                                        a.bad, a.focal, a.nhwc, a.label_smoothing);
     });
   } else {
     const at::Tensor t = a.target.scalar_type() == a.input.scalar_type()
@@ -693,7 +729,7 @@ void stats_fwd(const FwdArgs& a) {
                              : a.target.to(a.input.scalar_type());
     sigmoid_fwd<scalar_t, scalar_t>(a.input.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(),
                                     a.n * a.c, a.m, a.has_ignore, double(a.ignore_index), a.part,
-                                    a.nch, a.focal);
+                                    a.nch, a.focal, a.label_smoothing);
   }
 }
 
@@ -707,7 +743,8 @@ void stats_bwd(const BwdArgs& a) {
       using label_t = decltype(tag);
       multiclass_bwd<scalar_t, label_t>(a.input.data_ptr<scalar_t>(), a.target.data_ptr<label_t>(),
                                         a.n, a.c, a.m, a.has_ignore, a.ignore_index, gs, gx,
-                                        a.out.data_ptr<scalar_t>(), a.bad, a.focal, a.nhwc);
+                                        a.out.data_ptr<scalar_t>(), a.bad, a.focal, a.nhwc,
+                                        a.label_smoothing);
     });
   } else {
     const at::Tensor t = a.target.scalar_type() == a.input.scalar_type()
@@ -715,7 +752,7 @@ void stats_bwd(const BwdArgs& a) {
                              : a.target.to(a.input.scalar_type());
     sigmoid_bwd<scalar_t, scalar_t>(a.input.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), a.n * a.c,
                                     a.m, a.has_ignore, double(a.ignore_index), gs, gx,
-                                    a.out.data_ptr<scalar_t>(), a.focal);
+                                    a.out.data_ptr<scalar_t>(), a.focal, a.label_smoothing);
   }
 }
 

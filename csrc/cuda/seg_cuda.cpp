@@ -65,6 +65,14 @@ SegOperands seg_operands(const at::Tensor& input_, const at::Tensor& target_, in
   return o;
 }
 
+// The CUDA kernel has no label smoothing yet (the CPU kernel has): fastgenloss's Python API
+// computes smoothed statistics on CUDA with PyTorch ops, so only a direct call gets here.
+void check_no_smoothing(double label_smoothing) {
+  TORCH_CHECK(label_smoothing == 0.0, kOp,
+              ": label_smoothing is not implemented in the CUDA kernel (got ", label_smoothing,
+              "); fastgenloss.segmentation_loss computes it with PyTorch ops on CUDA");
+}
+
 cudaStream_t stream_of(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
@@ -74,8 +82,9 @@ cudaStream_t stream_of(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor> seg_stats_cuda(const at::Tensor& input, const at::Tensor& target,
                                                   int64_t mode, bool has_ignore,
                                                   int64_t ignore_index, double focal_gamma,
-                                                  double focal_alpha) {
+                                                  double focal_alpha, double label_smoothing) {
   const c10::cuda::CUDAGuard guard(input.device());
+  check_no_smoothing(label_smoothing);
   const SegOperands o = seg_operands(input, target, mode, has_ignore, ignore_index, focal_gamma,
                                      focal_alpha);
   const int64_t n = o.launch.n, c = o.launch.c, m = o.launch.m;
@@ -100,8 +109,9 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cuda(const at::Tensor& input, const
 at::Tensor seg_stats_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& grad_xent,
                               const at::Tensor& input, const at::Tensor& target, int64_t mode,
                               bool has_ignore, int64_t ignore_index, double focal_gamma,
-                              double focal_alpha) {
+                              double focal_alpha, double label_smoothing) {
   const c10::cuda::CUDAGuard guard(input.device());
+  check_no_smoothing(label_smoothing);
   const SegOperands o = seg_operands(input, target, mode, has_ignore, ignore_index, focal_gamma,
                                      focal_alpha);
   const int64_t n = o.launch.n, c = o.launch.c;

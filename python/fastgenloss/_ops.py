@@ -622,7 +622,7 @@ SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL = range(3)
 
 @torch.library.register_fake("fastgenloss::seg_stats")
 def _seg_stats_fake(input, target, mode, has_ignore, ignore_index, focal_gamma=-1.0,
-                    focal_alpha=-1.0):
+                    focal_alpha=-1.0, label_smoothing=0.0):
     acc = _acc_dtype(input.dtype)
     n, c = input.shape[0], input.shape[1]
     s = 5 if focal_gamma >= 0 else 3
@@ -631,7 +631,7 @@ def _seg_stats_fake(input, target, mode, has_ignore, ignore_index, focal_gamma=-
 
 @torch.library.register_fake("fastgenloss::seg_stats_bwd")
 def _seg_stats_bwd_fake(grad_stats, grad_xent, input, target, mode, has_ignore, ignore_index,
-                        focal_gamma=-1.0, focal_alpha=-1.0):
+                        focal_gamma=-1.0, focal_alpha=-1.0, label_smoothing=0.0):
     # as the kernels: multiclass logits in [N, M, C] memory (channels_last viewed as [N, C, M])
     # are read in place and the gradient keeps their layout; anything else is made contiguous
     n, c, m = input.shape

@@ -148,7 +148,8 @@ def _check_labels(t: Tensor, c: int, ignore_index, keep: Tensor | None = None) -
 
 
 def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: bool,
-                 ignore_index, eps: float, focal_gamma=None, focal_alpha=None):
+                 ignore_index, eps: float, focal_gamma=None, focal_alpha=None,
+                 label_smoothing: float = 0.0):
     """(stats [N, C, 3 or 5], xent [N, C]) with PyTorch ops: the path where no kernel applies."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(acc)
@@ -174,16 +175,21 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
         tt = F.one_hot(lab, c).permute(0, 2, 1).to(acc) * keep.unsqueeze(1)
         keep = keep.unsqueeze(1)
         logp = logits.log_softmax(1) if from_logits else logits
-        nll = -logp.gather(1, lab.unsqueeze(1)) * keep  # [N, 1, M]
+        nll = -logp.gather(1, lab.unsqueeze(1))  # [N, 1, M]
+        if label_smoothing:
+            nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(1, keepdim=True)
+        nll = nll * keep
         xent = torch.zeros(n, c, dtype=acc, device=x.device).scatter_add_(
             1, lab, nll.squeeze(1)) if nll.numel() else torch.zeros(n, c, dtype=acc, device=x.device)
     else:
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         tt = t.to(acc) * keep
         if mode == SEG_MULTICLASS:  # soft multiclass targets: cross-entropy against them
-            xent = (-(logits.log_softmax(1) if from_logits else logits) * tt).sum(2)
+            ts = tt if not label_smoothing else (1 - label_smoothing) * tt + label_smoothing / c * keep.to(acc)
+            xent = (-(logits.log_softmax(1) if from_logits else logits) * ts).sum(2)
         else:
-            xent = (F.binary_cross_entropy_with_logits(logits, tt, reduction="none") * keep).sum(2)
+            ts = tt if not label_smoothing else tt * (1 - 2 * label_smoothing) + label_smoothing
+            xent = (F.binary_cross_entropy_with_logits(logits, ts, reduction="none") * keep).sum(2)
     pv = p * keep
     cols = [pv.sum(2), tt.sum(2), (pv - tt).abs().sum(2)]
     if focal_gamma is not None:
@@ -198,17 +204,21 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
 
 def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = True,
               ignore_index: int | None = None, eps: float = 1e-7, focal_gamma=None,
-              focal_alpha=None, fn: str = "seg_stats"):
+              focal_alpha=None, label_smoothing: float = 0.0, fn: str = "seg_stats"):
     """(stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]) per sample and class; with
-    focal_gamma given, stats [N, C, 5]: + (sum of the focal term, number of kept elements)."""
+    focal_gamma given, stats [N, C, 5]: + (sum of the focal term, number of kept elements).
+    label_smoothing: xent against the smoothed targets (see segmentation_loss)."""
     x, t, code, labels = _check(fn, input, target, mode)
+    label_smoothing = _check_smoothing(fn, label_smoothing)
     if focal_gamma is not None:
         if not focal_gamma >= 0:
             raise ValueError(f"{fn}: focal gamma must be >= 0, got {focal_gamma}")
         if focal_alpha is not None and not 0 <= focal_alpha <= 1:
             raise ValueError(f"{fn}: focal alpha must be in [0, 1] or None, got {focal_alpha}")
+    # (label smoothing is in the CPU kernel; the CUDA kernel has not run with it on a GPU yet)
     kernel = (from_logits and (x.device.type == "cpu" or
-                               x.device.type == "cuda" and cuda_kernel_enabled())
+                               x.device.type == "cuda" and cuda_kernel_enabled()
+                               and not label_smoothing)
               and (labels or code != SEG_MULTICLASS))
     if kernel:
         has_ignore = ignore_index is not None
@@ -217,7 +227,7 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
             kernel = False
     if not kernel:
         return _torch_stats(x, t, code, labels, from_logits, ignore_index, eps, focal_gamma,
-                            focal_alpha)
+                            focal_alpha, label_smoothing)
     if not (code == SEG_MULTICLASS and _is_nhwc_view(x)):
         x = x.contiguous()
     t = t.contiguous()
@@ -235,13 +245,29 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
             raise ValueError(f"{fn}: {e} (target {_desc(target)})") from None
     try:
         return call_op(torch.ops.fastgenloss.seg_stats.default, SegStatsFunction,
-                       (x, t, code, has_ignore, ig, fg, fa),
+                       (x, t, code, has_ignore, ig, fg, fa, label_smoothing),
                        x.requires_grad and torch.is_grad_enabled())
     except RuntimeError as e:
         msg = str(e).split("\n")[0]
         if "labels must be" in msg:
             raise ValueError(f"{fn}: {msg.split(': ', 1)[-1]} (target {_desc(target)})") from None
         raise
+
+
+def _check_smoothing(fn: str, label_smoothing, name: str = "label_smoothing") -> float:
+    """label_smoothing as a float in [0, 1] (torch's cross_entropy's range), else an error
+    naming the argument (``name``: smp's modules call it smooth_factor)."""
+    if isinstance(label_smoothing, Tensor):
+        raise TypeError(f"{fn}: {name} must be a Python float in [0, 1], got a tensor "
+                        f"{_desc(label_smoothing)}")
+    try:
+        v = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: {name} must be a float in [0, 1], got "
+                        f"{label_smoothing!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{fn}: {name} must be in [0, 1], got {label_smoothing!r}")
+    return v
 
 
 def _from_stats(stats: Tensor, *, alpha: float, beta: float, smooth: float, eps: float,
@@ -409,11 +435,18 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                       from_logits: bool = True, smooth: float = 0.0, eps: float = 1e-7,
                       ignore_index: int | None = None, class_weights=None,
                       per_image: bool = False, reduction: str = "mean", process_group=None,
-                      _fn: str = "segmentation_loss") -> Tensor:
+                      label_smoothing: float = 0.0, _fn: str = "segmentation_loss") -> Tensor:
     """dice * DiceLoss + iou * JaccardLoss + bce * (BCE, or CE in multiclass mode)
     + focal * FocalLoss + tversky * TverskyLoss, each term as smp computes it, from one pass of
     the statistics kernel. ``ce`` is an alias of ``bce``, ``jaccard`` of ``iou``.
     ``reduction="none"`` (one overlap term only) returns its per-class losses.
+
+    ``label_smoothing`` (of the BCE / CE term only; smp's ``smooth_factor``): multiclass, the
+    cross-entropy against (1 - ls) onehot + ls / C, as smp's SoftCrossEntropyLoss, torch's
+    cross_entropy and MONAI's DiceCELoss; binary / multilabel, the BCE against
+    t (1 - ls) + (1 - t) ls, as smp's SoftBCEWithLogitsLoss (MONAI's BCE takes
+    t (1 - ls) + ls / 2: its ls is twice this one). Dice, IoU, Tversky and focal keep the
+    targets as given.
 
     ``process_group`` (a torch.distributed group, or True for the default group): the batch-wide
     statistics (per-class sums, the cross-entropy sum and element count, per_image's sums of
@@ -433,10 +466,12 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
     if class_weights is not None and input.dim() > 1:
         _check_weight_sums(_fn, class_weights, classes, input.shape[1], bool(overlap), bool(focal),
                            reduction)
+    label_smoothing = _check_smoothing(_fn, label_smoothing)
     stats, xent = seg_stats(input, target, mode=mode, from_logits=from_logits,
                             ignore_index=ignore_index, eps=eps,
                             focal_gamma=focal_gamma if focal else None,
-                            focal_alpha=focal_alpha if focal else None, fn=_fn)
+                            focal_alpha=focal_alpha if focal else None,
+                            label_smoothing=label_smoothing if bce else 0.0, fn=_fn)
     # the cross-entropy mean's divisor: every element (multiclass: every position)
     count = input.numel() // input.shape[1] if mode == "multiclass" else input.numel()
     if (process_group is None and reduction != "none" and (overlap or bce or focal)

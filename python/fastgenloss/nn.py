@@ -9,9 +9,10 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["CharbonnierLoss", "DiceLoss", "DiffusionLoss", "FocalLoss", "EDMLoss", "FlowMatchingLoss", "HuberLoss",
-           "JaccardLoss", "L1Loss", "MSELoss", "PixelLoss", "SegmentationLoss", "SmoothL1Loss",
-           "TverskyLoss"]
+__all__ = ["CharbonnierLoss", "ContextualLoss", "DiceLoss", "DiffusionLoss", "EDMLoss",
+           "FlowMatchingLoss", "FocalLoss", "HuberLoss", "JaccardLoss", "L1Loss", "MSELoss",
+           "PerceptualLoss", "PixelLoss", "SegmentationLoss", "SmoothL1Loss",
+           "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss", "StyleLoss", "TverskyLoss"]
 
 
 class L1Loss(torch.nn.L1Loss):
@@ -373,3 +374,89 @@ class SegmentationLoss(torch.nn.Module):
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         return F.segmentation_loss(y_pred, y_true, self.mode, **self.kwargs)
+
+
+def _smooth_factor(fn: str, smooth_factor) -> float:
+    from ._segmentation import _check_smoothing
+    return 0.0 if smooth_factor is None else _check_smoothing(fn, smooth_factor, "smooth_factor")
+
+
+def _as_rows(y_pred: Tensor, y_true: Tensor, labels: bool):
+    """[N, C, *spatial] as the segmentation ops take it: [N, C] logits (classification) get a
+    spatial axis of one, with their [N] labels."""
+    if labels and y_pred.dim() == 2:
+        return y_pred.unsqueeze(-1), y_true.unsqueeze(-1)
+    return y_pred, y_true
+
+
+class SoftCrossEntropyLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.SoftCrossEntropyLoss, same arguments: softmax
+    cross-entropy over ``dim`` with label smoothing (``smooth_factor``: the target
+    (1 - s) onehot + s / C), ignored positions zero and counted in the mean (smp's convention;
+    torch's cross_entropy divides by the kept ones). ``mean`` / ``sum``: fused (the statistics
+    kernel's cross-entropy column, no log_softmax materialized); ``none``: smp's per-position
+    loss, with PyTorch ops."""
+
+    def __init__(self, reduction: str = "mean", smooth_factor: float | None = None,
+                 ignore_index: int | None = -100, dim: int = 1):
+        super().__init__()
+        self.reduction, self.smooth_factor = reduction, smooth_factor
+        self.ignore_index, self.dim = ignore_index, dim
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        eps_s = _smooth_factor("SoftCrossEntropyLoss", self.smooth_factor)
+        x = y_pred.movedim(self.dim, 1) if self.dim not in (1, 1 - y_pred.dim()) else y_pred
+        if self.reduction == "none":
+            from . import reference as R
+            return R.soft_cross_entropy_none(x, y_true, eps_s, self.ignore_index)
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"SoftCrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', "
+                             f"got {self.reduction!r}")
+        x, t = _as_rows(x, y_true, labels=True)
+        return F.segmentation_loss(x, t, "multiclass", dice=0.0, iou=0.0, bce=1.0,
+                                   ignore_index=self.ignore_index, label_smoothing=eps_s,
+                                   reduction=self.reduction, _fn="SoftCrossEntropyLoss")
+
+    def extra_repr(self) -> str:
+        return (f"reduction={self.reduction!r}, smooth_factor={self.smooth_factor}, "
+                f"ignore_index={self.ignore_index}, dim={self.dim}")
+
+
+class SoftBCEWithLogitsLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.SoftBCEWithLogitsLoss, same arguments: BCE with
+    logits against the smoothed target (1 - t) s + t (1 - s) (``smooth_factor`` s), elements
+    equal to ``ignore_index`` zero and counted in the mean (smp's convention). ``mean`` /
+    ``sum`` without ``weight`` / ``pos_weight``: fused (the statistics kernel's BCE column);
+    ``none``, ``weight`` or ``pos_weight``: smp's formula with PyTorch ops."""
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int | None = -100,
+                 reduction: str = "mean", smooth_factor: float | None = None,
+                 pos_weight: Tensor | None = None):
+        super().__init__()
+        self.ignore_index, self.reduction, self.smooth_factor = ignore_index, reduction, smooth_factor
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        eps_s = _smooth_factor("SoftBCEWithLogitsLoss", self.smooth_factor)
+        if self.reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"SoftBCEWithLogitsLoss: reduction must be 'mean', 'sum' or 'none', "
+                             f"got {self.reduction!r}")
+        if self.reduction == "none" or self.weight is not None or self.pos_weight is not None:
+            from . import reference as R
+            return R.soft_bce_with_logits(y_pred, y_true, eps_s, self.ignore_index, self.weight,
+                                          self.pos_weight, self.reduction)
+        if not isinstance(y_pred, Tensor) or not isinstance(y_true, Tensor):
+            raise TypeError("SoftBCEWithLogitsLoss: y_pred and y_true must be tensors")
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"SoftBCEWithLogitsLoss: y_true must have y_pred's shape "
+                             f"{list(y_pred.shape)}, got {list(y_true.shape)}")
+        # the BCE sum does not depend on how the elements are grouped: one row of all of them
+        x, t = y_pred.reshape(1, 1, -1), y_true.reshape(1, 1, -1)
+        return F.segmentation_loss(x, t, "binary", dice=0.0, iou=0.0, bce=1.0,
+                                   ignore_index=self.ignore_index, label_smoothing=eps_s,
+                                   reduction=self.reduction, _fn="SoftBCEWithLogitsLoss")
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"smooth_factor={self.smooth_factor}")

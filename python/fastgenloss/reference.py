@@ -11,7 +11,8 @@ from torch import Tensor
 __all__ = ["add_noise", "bce_loss", "charbonnier_loss", "dice_loss", "diffusion_loss", "edm_loss",
            "edm_noise", "flow_matching_loss", "flow_noise", "focal_loss", "gram_matrix",
            "huber_loss", "jaccard_loss", "l1_loss", "mse_loss", "pixel_loss", "seg_stats",
-           "segmentation_loss", "smooth_l1_loss", "snr", "style_loss", "tversky_loss", "velocity"]
+           "segmentation_loss", "smooth_l1_loss", "snr", "soft_bce_with_logits",
+           "soft_cross_entropy_none", "style_loss", "tversky_loss", "velocity"]
 
 
 def _reduce(loss: Tensor, reduction: str, weight: Tensor | None, by_weight: bool,
@@ -493,7 +494,8 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str, alpha: float | None 
 
 
 def bce_loss(input: Tensor, target: Tensor, *, mode: str, ignore_index: int | None = None,
-             from_logits: bool = True, eps: float = 1e-7, reduction: str = "mean") -> Tensor:
+             from_logits: bool = True, eps: float = 1e-7, reduction: str = "mean",
+             label_smoothing: float = 0.0) -> Tensor:
     """The cross-entropy term: in binary / multilabel mode smp's SoftBCEWithLogitsLoss, in
     multiclass mode smp's SoftCrossEntropyLoss (pixel-wise softmax cross-entropy). As smp, an
     ignored element counts as a zero in the mean (torch's cross_entropy divides by the number
@@ -501,19 +503,63 @@ def bce_loss(input: Tensor, target: Tensor, *, mode: str, ignore_index: int | No
     -log(clamp(p_label, eps, 1 - eps)), torch's nll_loss of log(p), as the binary term is the BCE
     of the clamped probability: the clamped probabilities are not renormalized (a log_softmax
     of log(p) would change the loss wherever the clamp moved a probability, and give every
-    class a gradient of 1 / sum(p))."""
+    class a gradient of 1 / sum(p)).
+
+    ``label_smoothing`` = eps_s as smp's ``smooth_factor``: multiclass, smp's
+    SoftCrossEntropyLoss (and torch's cross_entropy), (1 - eps_s) nll + eps_s mean_k(-log p_k);
+    binary / multilabel, smp's SoftBCEWithLogitsLoss, the BCE against (1 - t) eps_s + t (1 - eps_s)."""
     x = _seg_logits(input, mode, from_logits, eps)
     if mode == "multiclass":
         labels = target.long()
         keep = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
         logp = x.log_softmax(dim=1) if from_logits else x
         nll = -logp.gather(1, (labels * keep).unsqueeze(1)).squeeze(1)
+        if label_smoothing:
+            nll = (1 - label_smoothing) * nll + label_smoothing * -logp.mean(dim=1)
         loss = nll * keep
     else:
         t = target.reshape(x.shape)
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        loss = F.binary_cross_entropy_with_logits(x, t.to(x.dtype), reduction="none") * keep
+        t = t.to(x.dtype)
+        if label_smoothing:
+            t = (1 - t) * label_smoothing + t * (1 - label_smoothing)
+        loss = F.binary_cross_entropy_with_logits(x, t, reduction="none") * keep
     return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def soft_cross_entropy_none(input: Tensor, target: Tensor, label_smoothing: float = 0.0,
+                            ignore_index: int | None = -100) -> Tensor:
+    """smp's SoftCrossEntropyLoss(reduction="none"): per position (1 - s) nll + s / C
+    sum_k(-log p_k), zero where the label is ignore_index; shaped as smp returns it, [N, 1,
+    *spatial] with an ignore_index (smp keeps the class axis there), else [N, *spatial]."""
+    logp = input.log_softmax(1)
+    t = target.long().unsqueeze(1)
+    pad = t == ignore_index if ignore_index is not None else None
+    if pad is not None:
+        t = t.masked_fill(pad, 0)
+    nll, smooth = -logp.gather(1, t), -logp.sum(1, keepdim=True)
+    if pad is not None:
+        nll, smooth = nll.masked_fill(pad, 0.0), smooth.masked_fill(pad, 0.0)
+    else:
+        nll, smooth = nll.squeeze(1), smooth.squeeze(1)
+    return (1.0 - label_smoothing) * nll + label_smoothing / input.shape[1] * smooth
+
+
+def soft_bce_with_logits(input: Tensor, target: Tensor, label_smoothing: float = 0.0,
+                         ignore_index: int | None = -100, weight: Tensor | None = None,
+                         pos_weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """smp's SoftBCEWithLogitsLoss: the BCE with logits (torch's weight and pos_weight) against
+    (1 - t) s + t (1 - s), times zero where the target is ignore_index; the mean is over every
+    element."""
+    t = target.to(input.dtype)
+    soft = (1 - t) * label_smoothing + t * (1 - label_smoothing) if label_smoothing else t
+    loss = F.binary_cross_entropy_with_logits(input, soft, weight, pos_weight=pos_weight,
+                                              reduction="none")
+    if ignore_index is not None:
+        loss = loss * (target != ignore_index).to(loss.dtype)
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
 
 
 def segmentation_loss(input: Tensor, target: Tensor, *, mode: str, dice: float = 1.0,
@@ -523,9 +569,11 @@ def segmentation_loss(input: Tensor, target: Tensor, *, mode: str, dice: float =
                       focal_alpha: float | None = None, focal_gamma: float = 2.0,
                       classes=None, log_loss: bool = False, from_logits: bool = True,
                       smooth: float = 0.0, eps: float = 1e-7, ignore_index: int | None = None,
-                      class_weights=None, per_image: bool = False) -> Tensor:
+                      class_weights=None, per_image: bool = False,
+                      label_smoothing: float = 0.0) -> Tensor:
     """dice * DiceLoss + iou * JaccardLoss + bce * (BCE / CE) + focal * FocalLoss +
-    tversky * TverskyLoss, each term as its function above."""
+    tversky * TverskyLoss, each term as its function above (label_smoothing: of the BCE / CE
+    term only)."""
     common = dict(classes=classes, log_loss=log_loss, from_logits=from_logits, smooth=smooth,
                   ignore_index=ignore_index, eps=eps, class_weights=class_weights,
                   per_image=per_image)
@@ -539,7 +587,8 @@ def segmentation_loss(input: Tensor, target: Tensor, *, mode: str, dice: float =
                                                beta=tversky_beta, gamma=tversky_gamma, **common)
     if bce:
         total = total + bce * bce_loss(input, target, mode=mode, ignore_index=ignore_index,
-                                       from_logits=from_logits, eps=eps)
+                                       from_logits=from_logits, eps=eps,
+                                       label_smoothing=label_smoothing)
     if focal:
         total = total + focal * focal_loss(input, target, mode=mode, alpha=focal_alpha,
                                            gamma=focal_gamma, ignore_index=ignore_index,
