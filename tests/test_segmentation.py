@@ -814,3 +814,29 @@ def test_probabilities_input_float32_saturated_bce():
     got = fgl.segmentation_loss(p32, t.float(), "binary", **kw)
     want = R.segmentation_loss(p32.double(), t, mode="binary", **kw)
     torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x, t, w: fgl.dice_loss(x, t, "multiclass", class_weights=w, classes=[0, 1]),
+     r"classes averaged \(\[0, 1\]\) sum to 0"),
+    (lambda x, t, w: fgl.focal_loss(x, t, "multiclass", class_weights=[0.0] * C),
+     "class_weights sum to 0"),
+    # smp's variants (PyTorch ops) divide by the weights' sum too, in both reductions
+    (lambda x, t, w: fgl.focal_loss(x, t, "multiclass", normalized=True, class_weights=[0.0] * C),
+     "class_weights sum to 0"),
+    (lambda x, t, w: fgl.focal_loss(x, t, "multiclass", reduced_threshold=0.5, reduction="sum",
+                                    class_weights=[0.0] * C), "class_weights sum to 0"),
+    (lambda x, t, w: fgl.focal_loss(x, t, "multiclass", normalized=True,
+                                    class_weights=[1.0, float("nan"), 1.0, 1.0, 1.0]),
+     "class_weights must be finite"),
+])
+def test_class_weights_with_a_zero_mean_raise(call, match):
+    """A weighted class mean over weights summing to 0 is 0 / 0: a ValueError naming the
+    weights instead of a silent NaN (host weights; CUDA ones are not read back)."""
+    x, t = make("multiclass", (4, 4))
+    w = [0.0, 0.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=match):
+        call(x, t, w)
+    # with reduction="none" smp's focal variants return the element-wise loss: no weights used
+    assert fgl.focal_loss(x, t, "multiclass", normalized=True, reduction="none",
+                          class_weights=[0.0] * C).shape == x.shape

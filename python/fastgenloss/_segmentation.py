@@ -622,6 +622,8 @@ def focal_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
         if not gamma >= 0 or (alpha is not None and not 0 <= alpha <= 1):
             raise ValueError(f"{fn}: gamma must be >= 0 and alpha in [0, 1] or None, got "
                              f"{gamma} and {alpha}")
+        if reduction != "none":  # (these variants divide by the weights' sum in both reductions)
+            _check_weight_sums(fn, class_weights, None, input.shape[1], False, True, "mean")
         return _ref.focal_loss(input, target, mode=mode, alpha=alpha, gamma=gamma,
                                ignore_index=ignore_index, from_logits=from_logits, eps=eps,
                                class_weights=class_weights, reduction=reduction,
