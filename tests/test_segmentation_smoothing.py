@@ -300,3 +300,11 @@ def test_modules_match_smp():
     want = dice(x, t) + iou(x, t) + 0.8 * ce(x, t)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     _grads_close(got, want, x)
+
+
+def test_modules_reject_a_bad_reduction():
+    x, t = make("multiclass", (4, 4))
+    with pytest.raises(ValueError, match="SoftCrossEntropyLoss: reduction must be"):
+        fgl.nn.SoftCrossEntropyLoss(reduction="avg")(x, t)
+    with pytest.raises(ValueError, match="SoftBCEWithLogitsLoss: reduction must be"):
+        fgl.nn.SoftBCEWithLogitsLoss(reduction="avg")(x, x.detach())

@@ -376,17 +376,19 @@ class SegmentationLoss(torch.nn.Module):
         return F.segmentation_loss(y_pred, y_true, self.mode, **self.kwargs)
 
 
-def _smooth_factor(fn: str, smooth_factor) -> float:
+def _soft_args(fn: str, smooth_factor, reduction: str) -> float:
+    """smp's soft modules' arguments checked: the smoothing as a float in [0, 1]."""
     from ._segmentation import _check_smoothing
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return 0.0 if smooth_factor is None else _check_smoothing(fn, smooth_factor, "smooth_factor")
 
 
-def _as_rows(y_pred: Tensor, y_true: Tensor, labels: bool):
-    """[N, C, *spatial] as the segmentation ops take it: [N, C] logits (classification) get a
-    spatial axis of one, with their [N] labels."""
-    if labels and y_pred.dim() == 2:
-        return y_pred.unsqueeze(-1), y_true.unsqueeze(-1)
-    return y_pred, y_true
+def _fused_xent(fn: str, x: Tensor, t: Tensor, mode: str, ignore_index, smoothing: float,
+                reduction: str) -> Tensor:
+    """The cross-entropy term alone, from the statistics kernel's one pass."""
+    return F.segmentation_loss(x, t, mode, dice=0.0, iou=0.0, bce=1.0, ignore_index=ignore_index,
+                               label_smoothing=smoothing, reduction=reduction, _fn=fn)
 
 
 class SoftCrossEntropyLoss(torch.nn.Module):
@@ -404,18 +406,16 @@ class SoftCrossEntropyLoss(torch.nn.Module):
         self.ignore_index, self.dim = ignore_index, dim
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
-        eps_s = _smooth_factor("SoftCrossEntropyLoss", self.smooth_factor)
+        fn = "SoftCrossEntropyLoss"
+        eps_s = _soft_args(fn, self.smooth_factor, self.reduction)
         x = y_pred.movedim(self.dim, 1) if self.dim not in (1, 1 - y_pred.dim()) else y_pred
         if self.reduction == "none":
             from . import reference as R
             return R.soft_cross_entropy_none(x, y_true, eps_s, self.ignore_index)
-        if self.reduction not in ("mean", "sum"):
-            raise ValueError(f"SoftCrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', "
-                             f"got {self.reduction!r}")
-        x, t = _as_rows(x, y_true, labels=True)
-        return F.segmentation_loss(x, t, "multiclass", dice=0.0, iou=0.0, bce=1.0,
-                                   ignore_index=self.ignore_index, label_smoothing=eps_s,
-                                   reduction=self.reduction, _fn="SoftCrossEntropyLoss")
+        t = y_true
+        if x.dim() == 2:  # classification logits [N, C], labels [N]: one position each
+            x, t = x.unsqueeze(-1), t.unsqueeze(-1)
+        return _fused_xent(fn, x, t, "multiclass", self.ignore_index, eps_s, self.reduction)
 
     def extra_repr(self) -> str:
         return (f"reduction={self.reduction!r}, smooth_factor={self.smooth_factor}, "
@@ -438,24 +438,20 @@ class SoftBCEWithLogitsLoss(torch.nn.Module):
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
-        eps_s = _smooth_factor("SoftBCEWithLogitsLoss", self.smooth_factor)
-        if self.reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"SoftBCEWithLogitsLoss: reduction must be 'mean', 'sum' or 'none', "
-                             f"got {self.reduction!r}")
+        fn = "SoftBCEWithLogitsLoss"
+        eps_s = _soft_args(fn, self.smooth_factor, self.reduction)
         if self.reduction == "none" or self.weight is not None or self.pos_weight is not None:
             from . import reference as R
             return R.soft_bce_with_logits(y_pred, y_true, eps_s, self.ignore_index, self.weight,
                                           self.pos_weight, self.reduction)
         if not isinstance(y_pred, Tensor) or not isinstance(y_true, Tensor):
-            raise TypeError("SoftBCEWithLogitsLoss: y_pred and y_true must be tensors")
+            raise TypeError(f"{fn}: y_pred and y_true must be tensors")
         if y_true.shape != y_pred.shape:
-            raise ValueError(f"SoftBCEWithLogitsLoss: y_true must have y_pred's shape "
-                             f"{list(y_pred.shape)}, got {list(y_true.shape)}")
+            raise ValueError(f"{fn}: y_true must have y_pred's shape {list(y_pred.shape)}, got "
+                             f"{list(y_true.shape)}")
         # the BCE sum does not depend on how the elements are grouped: one row of all of them
         x, t = y_pred.reshape(1, 1, -1), y_true.reshape(1, 1, -1)
-        return F.segmentation_loss(x, t, "binary", dice=0.0, iou=0.0, bce=1.0,
-                                   ignore_index=self.ignore_index, label_smoothing=eps_s,
-                                   reduction=self.reduction, _fn="SoftBCEWithLogitsLoss")
+        return _fused_xent(fn, x, t, "binary", self.ignore_index, eps_s, self.reduction)
 
     def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
