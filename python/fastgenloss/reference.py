@@ -510,39 +510,35 @@ def bce_loss(input: Tensor, target: Tensor, *, mode: str, ignore_index: int | No
     binary / multilabel, smp's SoftBCEWithLogitsLoss, the BCE against (1 - t) eps_s + t (1 - eps_s)."""
     x = _seg_logits(input, mode, from_logits, eps)
     if mode == "multiclass":
-        labels = target.long()
-        keep = (labels != ignore_index) if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
-        logp = x.log_softmax(dim=1) if from_logits else x
-        nll = -logp.gather(1, (labels * keep).unsqueeze(1)).squeeze(1)
-        if label_smoothing:
-            nll = (1 - label_smoothing) * nll + label_smoothing * -logp.mean(dim=1)
-        loss = nll * keep
-    else:
-        t = target.reshape(x.shape)
-        keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        t = t.to(x.dtype)
-        if label_smoothing:
-            t = (1 - t) * label_smoothing + t * (1 - label_smoothing)
-        loss = F.binary_cross_entropy_with_logits(x, t, reduction="none") * keep
-    return loss.mean() if reduction == "mean" else loss.sum()
+        loss = _smoothed_nll(x.log_softmax(dim=1) if from_logits else x, target,
+                             label_smoothing, ignore_index)
+        return loss.mean() if reduction == "mean" else loss.sum()
+    return soft_bce_with_logits(x, target.reshape(x.shape), label_smoothing, ignore_index,
+                                reduction=reduction)
+
+
+def _smoothed_nll(logp: Tensor, target: Tensor, label_smoothing: float,
+                  ignore_index: int | None) -> Tensor:
+    """[N, 1, *spatial] per position from log-probabilities [N, C, *spatial] and labels:
+    (1 - s) nll + s / C sum_k(-log p_k), zero where the label is ignore_index (smp's
+    label_smoothed_nll_loss)."""
+    t = target.long().unsqueeze(1)
+    if ignore_index is not None:
+        pad = t == ignore_index
+        t = t.masked_fill(pad, 0)
+    nll = -logp.gather(1, t)
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing / logp.shape[1] * logp.sum(1, keepdim=True)
+    return nll.masked_fill(pad, 0.0) if ignore_index is not None else nll
 
 
 def soft_cross_entropy_none(input: Tensor, target: Tensor, label_smoothing: float = 0.0,
                             ignore_index: int | None = -100) -> Tensor:
-    """smp's SoftCrossEntropyLoss(reduction="none"): per position (1 - s) nll + s / C
-    sum_k(-log p_k), zero where the label is ignore_index; shaped as smp returns it, [N, 1,
-    *spatial] with an ignore_index (smp keeps the class axis there), else [N, *spatial]."""
-    logp = input.log_softmax(1)
-    t = target.long().unsqueeze(1)
-    pad = t == ignore_index if ignore_index is not None else None
-    if pad is not None:
-        t = t.masked_fill(pad, 0)
-    nll, smooth = -logp.gather(1, t), -logp.sum(1, keepdim=True)
-    if pad is not None:
-        nll, smooth = nll.masked_fill(pad, 0.0), smooth.masked_fill(pad, 0.0)
-    else:
-        nll, smooth = nll.squeeze(1), smooth.squeeze(1)
-    return (1.0 - label_smoothing) * nll + label_smoothing / input.shape[1] * smooth
+    """smp's SoftCrossEntropyLoss(reduction="none"): the per-position loss of _smoothed_nll,
+    shaped as smp returns it, [N, 1, *spatial] with an ignore_index (smp keeps the class axis
+    there), else [N, *spatial]."""
+    loss = _smoothed_nll(input.log_softmax(1), target, label_smoothing, ignore_index)
+    return loss if ignore_index is not None else loss.squeeze(1)
 
 
 def soft_bce_with_logits(input: Tensor, target: Tensor, label_smoothing: float = 0.0,
