@@ -14,7 +14,8 @@ import os
 import pytest
 import torch
 
-from fastgenloss._cases import DIFFUSION_CASES, parse_shape
+from fastgenloss._cases import parse_shape
+from fastgenloss.diffusion._cases import CASES as DIFFUSION_CASES
 from fastgenloss._measure import allow_many_compiles, peak_memory_bytes
 
 from conftest import bench_device, bench_dtypes, bench_impls

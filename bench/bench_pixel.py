@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastgenloss._cases import CASES
+from fastgenloss.pixel._cases import CASES
 from fastgenloss._measure import allow_many_compiles, peak_memory_bytes
 
 from conftest import SIZE_NAMES, bench_device, bench_dtypes, bench_impls, bench_sizes

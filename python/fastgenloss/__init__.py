@@ -30,35 +30,9 @@ def _check_torch_matches_build() -> None:
 _check_torch_matches_build()
 
 from . import _C  # noqa: E402  (loads the library: registers torch.ops.fastgenloss.*)
-from . import _ops  # noqa: E402,F401  (fake kernels and autograd formulas)
-from . import nn, reference  # noqa: E402,F401
-from .functional import (  # noqa: E402
-    add_noise,
-    dice_loss,
-    focal_loss,
-    iou_loss,
-    jaccard_loss,
-    segmentation_loss,
-    tversky_loss,
-    charbonnier_loss,
-    contextual_loss,
-    diffusion_loss,
-    edm_loss,
-    edm_noise,
-    flow_matching_loss,
-    flow_noise,
-    gram_matrix,
-    huber_loss,
-    l1_loss,
-    mse_loss,
-    normalize_images,
-    perceptual_loss,
-    pixel_loss,
-    smooth_l1_loss,
-    snr,
-    style_loss,
-    velocity,
-)
+from . import config  # noqa: E402  (the runtime switches, read from the environment once)
+from . import functional, nn  # noqa: E402  (each family registers its ops' Python half)
+from .functional import *  # noqa: E402,F401,F403  (every loss at the top level)
 
 
 def build_info() -> dict:
@@ -77,30 +51,14 @@ def build_info() -> dict:
     return info
 
 
-__all__ = [
-    "add_noise",
-    "dice_loss",
-    "focal_loss",
-    "iou_loss",
-    "jaccard_loss",
-    "segmentation_loss",
-    "tversky_loss",
-    "build_info",
-    "charbonnier_loss",
-    "diffusion_loss",
-    "edm_loss",
-    "edm_noise",
-    "flow_matching_loss",
-    "flow_noise",
-    "gram_matrix",
-    "huber_loss",
-    "l1_loss",
-    "mse_loss",
-    "nn",
-    "pixel_loss",
-    "reference",
-    "smooth_l1_loss",
-    "snr",
-    "style_loss",
-    "velocity",
-]
+__all__ = [*functional.__all__, "build_info", "config", "functional", "nn", "reference"]
+
+
+def __getattr__(name: str):
+    # fastgenloss.reference (the plain-PyTorch oracle) loads on first use: the losses never
+    # import it.
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module("fastgenloss.reference")
+    raise AttributeError(f"module 'fastgenloss' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import sys
 import torch
 
 import fastgenloss
-from fastgenloss._cases import ALL_CASES as CASES, SIZE_NAMES, parse_size
+from fastgenloss._cases import SIZE_NAMES, all_cases, parse_size
 from fastgenloss._measure import allow_many_compiles, peak_memory_bytes, time_ms
 
 def default_sizes(device: str) -> list[int]:
@@ -59,7 +59,8 @@ def run(args) -> int:
     dtypes = [getattr(torch, d.strip()) for d in args.dtype.split(",")] if args.dtype else (
         [torch.float32, torch.bfloat16] if device == "cuda" else [torch.float32])
     sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else default_sizes(device)
-    cases = [CASES[c.strip()] for c in args.losses.split(",")] if args.losses else list(CASES.values())
+    known = all_cases()
+    cases = [known[c.strip()] for c in args.losses.split(",")] if args.losses else list(known.values())
     dev_name = torch.cuda.get_device_name() if device == "cuda" else (
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"fastgenloss {fastgenloss.__version__} | torch {torch.__version__} | {dev_name} | "
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default=None, help="comma-separated, e.g. float32,bfloat16")
     p.add_argument("--sizes", default=None, help="comma-separated element counts, e.g. 64K,1M,16M")
-    p.add_argument("--losses", default=None, help=f"comma-separated from: {', '.join(CASES)}")
+    p.add_argument("--losses", default=None, help=f"comma-separated from: {', '.join(all_cases())}")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="speedup against size")

@@ -1,4 +1,0 @@
-// The pixel-loss kernels for float operands (see pixel_cpu.h).
-#include "pixel_cpu_kernels.h"
-
-FGL_PIXEL_CPU_INSTANTIATE(float)

@@ -1,6 +1,0 @@
-// The gradient kernels of seg_stats for at::BFloat16 logits (see seg_cpu.h).
-#include "seg_cpu_kernels.h"
-
-namespace fastgenloss::seg_cpu {
-template void stats_bwd<at::BFloat16>(const BwdArgs& a);
-}  // namespace fastgenloss::seg_cpu

@@ -1,6 +1,0 @@
-// The forward statistics kernels of seg_stats for at::Half logits (see seg_cpu.h).
-#include "seg_cpu_kernels.h"
-
-namespace fastgenloss::seg_cpu {
-template void stats_fwd<at::Half>(const FwdArgs& a);
-}  // namespace fastgenloss::seg_cpu

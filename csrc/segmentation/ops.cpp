@@ -1,0 +1,40 @@
+// The segmentation ops' schemas. The statistics pass (seg_stats: cpu.cpp, cuda.cpp over the
+// kernels of cpu_kernels.h / kernels.cu, the math of math.h) and the second stage from
+// statistics to the loss (seg_combine: combine.cpp, the math of combine.h); seg_labels checks
+// integer labels for the PyTorch-ops statistics (combine.cpp).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(fastgenloss, m) {
+  // segmentation statistics (segmentation/math.h): logits [N, C, M], labels [N, M] or mask
+  // [N, C, M] -> (stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]); with
+  // focal_gamma >= 0 stats are [N, C, 5]: + the focal term's sum and the kept count
+  // (focal_alpha < 0: no alpha weighting). label_smoothing in [0, 1]: the cross-entropy
+  // against smoothed targets (multiclass: (1 - ls) onehot + ls / C, torch's and smp's
+  // SoftCrossEntropyLoss'; binary / multilabel: t (1 - ls) + (1 - t) ls, smp's
+  // SoftBCEWithLogitsLoss'); the other statistics keep the targets as they are. The CUDA
+  // kernel takes label_smoothing = 0 only (Python computes smoothed statistics on CUDA with
+  // PyTorch ops)
+  m.def(
+      "seg_stats(Tensor input, Tensor target, int mode, bool has_ignore, int ignore_index, "
+      "float focal_gamma=-1.0, float focal_alpha=-1.0, float label_smoothing=0.0) -> (Tensor, Tensor)");
+  m.def(
+      "seg_stats_bwd(Tensor grad_stats, Tensor grad_xent, Tensor input, Tensor target, int mode, "
+      "bool has_ignore, int ignore_index, float focal_gamma=-1.0, float focal_alpha=-1.0, "
+      "float label_smoothing=0.0) -> Tensor");
+  // integer labels [N, M] (any integer dtype) checked against [0, num_classes) or ignore_index
+  // (an error naming the first bad label) -> int64 labels with the ignored ones set to 0: the
+  // PyTorch-ops statistics' labels under torch.compile, where Python cannot branch on the data
+  m.def("seg_labels(Tensor target, int num_classes, bool has_ignore, int ignore_index) -> Tensor");
+  // the segmentation losses' second stage (segmentation/combine.h): statistics -> the scalar
+  // loss (the statistics' dtype); overlap = (weight, alpha, beta, gamma) per overlap term;
+  // class_weights [C] weight the overlap and focal terms' class averages; the backward gives
+  // (grad_stats, grad_xent)
+  m.def(
+      "seg_combine(Tensor stats, Tensor xent, float[] overlap, float bce, float count, "
+      "float focal, bool binary, bool per_image, bool sum, bool log_loss, float smooth, "
+      "float eps, Tensor? class_weights=None) -> Tensor");
+  m.def(
+      "seg_combine_bwd(Tensor grad, Tensor stats, Tensor xent, float[] overlap, float bce, "
+      "float count, float focal, bool binary, bool per_image, bool sum, bool log_loss, "
+      "float smooth, float eps, Tensor? class_weights=None) -> (Tensor, Tensor)");
+}

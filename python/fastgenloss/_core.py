@@ -1,0 +1,127 @@
+"""What every family's Python half shares: how an op is called (eager entry points and
+torch.compile), the reduction codes, the accumulation dtype, argument descriptions for errors.
+
+Each family (fastgenloss/<family>/) registers the fake kernels and autograd formulas of its own
+ops in its _ops.py with these helpers; nothing here knows a family.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Reduction codes of csrc/core/reduction.h (0..2 are torch's own; the weighted means are the
+# pixel family's).
+REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM, REDUCE_WEIGHT_MEAN, REDUCE_MASKED_MEAN = range(5)
+REDUCTIONS = {"none": REDUCE_NONE, "mean": REDUCE_MEAN, "sum": REDUCE_SUM}
+
+# The floating dtypes the kernels take.
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def desc(t: Tensor) -> str:
+    """A tensor as errors name it: shape, dtype and device."""
+    return f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+def reduction_code(fn: str, reduction: str, size_average=None, reduce=None) -> int:
+    """A reduction name as its code; torch's deprecated size_average / reduce pair too."""
+    if size_average is not None or reduce is not None:
+        # torch's deprecated pair, resolved the way torch resolves it.
+        size_average = True if size_average is None else size_average
+        reduce = True if reduce is None else reduce
+        reduction = ("mean" if size_average else "sum") if reduce else "none"
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{fn}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return REDUCTIONS[reduction]
+
+
+def check_positive(fn: str, name: str, value: float, *, allow_zero: bool) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{fn}: {name} must be {bound}, got {value}")
+
+
+
+def direct(op, *args):
+    """op's CPU/CUDA kernel, called below its Autograd-key kernel. torch.library's Python
+    autograd wrapper runs even with grad mode off (a redispatch, ~20 us a call: as long as the
+    kernel itself on a latent-sized tensor); where autograd is not wanted (inside an
+    autograd.Function's forward, an eager first-order backward, an eager no-grad call) this
+    skips it. Tracing (torch.compile's fake and functional tensors) keeps the plain call."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def eager_no_grad(t: torch.Tensor) -> bool:
+    """A plain tensor (not one of torch.compile's tracing subclasses) with grad mode off."""
+    return type(t) is torch.Tensor and not torch.is_grad_enabled()
+
+
+def backward_call(op, args, grad: torch.Tensor):
+    """A backward op inside an autograd formula: the kernel directly in an eager first-order
+    backward (grad mode off, plain tensors), else the op (double backward, tracing)."""
+    return direct(op, *args) if eager_no_grad(grad) else op(*args)
+
+
+def call_op(op, function, args, needs_grad: bool):
+    """op(*args) as autograd should see it: while tracing (torch.compile) the registered op
+    with its torch.library formula; in eager mode the op's autograd.Function entry point
+    (``function``: the same kernel, setup_context and backward, without torch.library's per-call
+    fill_defaults and redispatch, ~10-60 us a call) when a gradient is wanted, else the kernel
+    directly (direct)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if needs_grad:
+        return function.apply(*args)
+    return direct(op, *args)
+
+
+def entry_point(op_name: str, setup_context, backward, doc: str):
+    """The eager autograd.Function entry point of fastgenloss::<op_name> (see call_op):
+    forward runs the kernel below autograd and the registered setup_context, backward the
+    registered formula. Called with every schema argument."""
+
+    def forward(ctx, *args):
+        out = direct(getattr(torch.ops.fastgenloss, op_name).default, *args)
+        setup_context(ctx, args, out)
+        return out
+
+    return type(f"{op_name}_function", (torch.autograd.Function,),
+                {"forward": staticmethod(forward),
+                 "backward": staticmethod(backward),
+                 "__doc__": doc})
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in (csrc/core/dtype.h's acc_type_t)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def scaled_grad(buf: torch.Tensor, scale: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """The forward-written gradient times grad_output. A CPU grad_output of exactly 1 (a plain
+    ``loss.backward()``) skips the pass over the buffer: one read and one write of a
+    gradient-sized tensor saved. (On a GPU, reading the value would synchronize the device.)"""
+    if in_place:
+        if scale.device.type == "cpu" and scale.numel() == 1 and scale.item() == 1.0:
+            return buf
+        return buf.mul_(scale)
+    return buf * scale
+
+
+def no_setup(ctx, inputs, output):
+    pass
+
+
+def register_first_order_only(op_names, message: str) -> None:
+    """Register, as the autograd formula of each backward op in op_names, an error with
+    message: their own derivatives (second derivatives of the loss) are not implemented."""
+
+    def raise_error(ctx, *grads):
+        raise NotImplementedError(message)
+
+    for name in op_names:
+        torch.library.register_autograd(f"fastgenloss::{name}", raise_error, setup_context=no_setup)
