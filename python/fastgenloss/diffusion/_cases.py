@@ -9,7 +9,7 @@ import torch
 
 from .. import reference as R
 from .._cases import LossCase
-from . import functional as F
+from . import functional
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,18 @@ class DiffusionCase(LossCase):
 CASES: dict[str, DiffusionCase] = {c.name: c for c in [
     DiffusionCase(
         "diffusion v+minsnr",
-        lambda f, x, c: F.diffusion_loss(f, x, c.noise, c.t, c.table,
-                                         prediction_type="v_prediction", weighting="min_snr"),
+        lambda f, x, c: functional.diffusion_loss(f, x, c.noise, c.t, c.table,
+                                                  prediction_type="v_prediction",
+                                                  weighting="min_snr"),
         lambda f, x, c: R.diffusion_loss(f, x, c.noise, c.t, c.table,
                                          prediction_type="v_prediction", weighting="min_snr")),
     DiffusionCase(
         "diffusion eps",
-        lambda f, x, c: F.diffusion_loss(f, x, c.noise, c.t, c.table),
+        lambda f, x, c: functional.diffusion_loss(f, x, c.noise, c.t, c.table),
         lambda f, x, c: R.diffusion_loss(f, x, c.noise, c.t, c.table)),
     DiffusionCase(
         "flow cosmap",
-        lambda f, x, c: F.flow_matching_loss(f, x, c.noise, c.t, weighting="cosmap"),
+        lambda f, x, c: functional.flow_matching_loss(f, x, c.noise, c.t, weighting="cosmap"),
         lambda f, x, c: R.flow_matching_loss(f, x, c.noise, c.t, weighting="cosmap"),
         schedule="sigma"),
 ]}

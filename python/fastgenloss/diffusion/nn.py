@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional
 
 __all__ = ["DiffusionLoss", "EDMLoss", "FlowMatchingLoss"]
 
@@ -32,11 +32,12 @@ class DiffusionLoss(torch.nn.Module):
         if table is None:
             raise ValueError("DiffusionLoss: no alphas_cumprod (give it to the constructor or "
                              "to forward)")
-        return F.diffusion_loss(model_output, sample, noise, timesteps, table,
-                                prediction_type=self.prediction_type,
-                                weighting=self.weighting if weighting is None else weighting,
-                                snr_gamma=self.snr_gamma, loss_type=self.loss_type,
-                                huber_c=self.huber_c, reduction=self.reduction)
+        weighting = self.weighting if weighting is None else weighting
+        return functional.diffusion_loss(model_output, sample, noise, timesteps, table,
+                                         prediction_type=self.prediction_type,
+                                         weighting=weighting, snr_gamma=self.snr_gamma,
+                                         loss_type=self.loss_type, huber_c=self.huber_c,
+                                         reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return (f"prediction_type={self.prediction_type!r}, weighting={self.weighting!r}, "
@@ -55,10 +56,10 @@ class FlowMatchingLoss(torch.nn.Module):
 
     def forward(self, model_output: Tensor, sample: Tensor, noise: Tensor, sigmas: Tensor,
                 weighting: Tensor | None = None) -> Tensor:
-        return F.flow_matching_loss(model_output, sample, noise, sigmas,
-                                    weighting=self.weighting if weighting is None else weighting,
-                                    loss_type=self.loss_type, huber_c=self.huber_c,
-                                    reduction=self.reduction)
+        weighting = self.weighting if weighting is None else weighting
+        return functional.flow_matching_loss(model_output, sample, noise, sigmas,
+                                             weighting=weighting, loss_type=self.loss_type,
+                                             huber_c=self.huber_c, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return (f"weighting={self.weighting!r}, loss_type={self.loss_type!r}, "
@@ -77,11 +78,11 @@ class EDMLoss(torch.nn.Module):
 
     def forward(self, model_output: Tensor, sample: Tensor, noise: Tensor, sigmas: Tensor,
                 weighting: Tensor | None = None) -> Tensor:
-        return F.edm_loss(model_output, sample, noise, sigmas, sigma_data=self.sigma_data,
-                          prediction_type=self.prediction_type,
-                          weighting=self.weighting if weighting is None else weighting,
-                          loss_type=self.loss_type, huber_c=self.huber_c,
-                          reduction=self.reduction)
+        return functional.edm_loss(model_output, sample, noise, sigmas, sigma_data=self.sigma_data,
+                                   prediction_type=self.prediction_type,
+                                   weighting=self.weighting if weighting is None else weighting,
+                                   loss_type=self.loss_type, huber_c=self.huber_c,
+                                   reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return (f"sigma_data={self.sigma_data}, prediction_type={self.prediction_type!r}, "

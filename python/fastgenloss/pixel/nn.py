@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional
 
 __all__ = ["CharbonnierLoss", "HuberLoss", "L1Loss", "MSELoss", "PixelLoss", "SmoothL1Loss"]
 
@@ -16,30 +16,30 @@ class L1Loss(torch.nn.L1Loss):
     """:class:`torch.nn.L1Loss` computed by :func:`fastgenloss.l1_loss`."""
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return F.l1_loss(input, target, reduction=self.reduction, weight=weight)
+        return functional.l1_loss(input, target, reduction=self.reduction, weight=weight)
 
 
 class MSELoss(torch.nn.MSELoss):
     """:class:`torch.nn.MSELoss` computed by :func:`fastgenloss.mse_loss`."""
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return F.mse_loss(input, target, reduction=self.reduction, weight=weight)
+        return functional.mse_loss(input, target, reduction=self.reduction, weight=weight)
 
 
 class HuberLoss(torch.nn.HuberLoss):
     """:class:`torch.nn.HuberLoss` computed by :func:`fastgenloss.huber_loss`."""
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta,
-                            weight=weight)
+        return functional.huber_loss(input, target, reduction=self.reduction, delta=self.delta,
+                                     weight=weight)
 
 
 class SmoothL1Loss(torch.nn.SmoothL1Loss):
     """:class:`torch.nn.SmoothL1Loss` computed by :func:`fastgenloss.smooth_l1_loss`."""
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
-                                weight=weight)
+        return functional.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
+                                         weight=weight)
 
 
 class CharbonnierLoss(torch.nn.Module):
@@ -52,8 +52,8 @@ class CharbonnierLoss(torch.nn.Module):
         self.masked_mean = masked_mean
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return F.charbonnier_loss(input, target, eps=self.eps, weight=weight,
-                                  reduction=self.reduction, masked_mean=self.masked_mean)
+        return functional.charbonnier_loss(input, target, eps=self.eps, weight=weight,
+                                           reduction=self.reduction, masked_mean=self.masked_mean)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, reduction={self.reduction!r}, masked_mean={self.masked_mean}"
@@ -78,9 +78,9 @@ class PixelLoss(torch.nn.Module):
         self.masked_mean = masked_mean
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return F.pixel_loss(input, target, eps=self.eps, delta=self.delta, beta=self.beta,
-                            weight=weight, reduction=self.reduction,
-                            masked_mean=self.masked_mean, **self.coeffs)
+        return functional.pixel_loss(input, target, eps=self.eps, delta=self.delta, beta=self.beta,
+                                     weight=weight, reduction=self.reduction,
+                                     masked_mean=self.masked_mean, **self.coeffs)
 
     def extra_repr(self) -> str:
         terms = ", ".join(f"{k}={v}" for k, v in self.coeffs.items() if v)

@@ -8,7 +8,7 @@ import torch
 
 from .. import reference as R
 from .._cases import LossCase
-from . import functional as F
+from . import functional
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class SegCase(LossCase):
 
 CASES: dict[str, LossCase] = {c.name: c for c in [
     SegCase("seg dice+iou+0.8ce",
-            lambda x, t, w: F.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0, bce=0.8),
+            lambda x, t, w: functional.segmentation_loss(x, t, "multiclass", dice=1.0, iou=1.0,
+                                                         bce=0.8),
             lambda x, t, w: R.segmentation_loss(x, t, mode="multiclass", dice=1.0, iou=1.0,
                                                 bce=0.8)),
 ]}

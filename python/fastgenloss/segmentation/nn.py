@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _torch
-from . import functional as F
+from . import functional
 from ._stats import _check_smoothing
 
 __all__ = ["DiceLoss", "FocalLoss", "JaccardLoss", "SegmentationLoss", "SoftBCEWithLogitsLoss",
@@ -38,17 +38,17 @@ class _SegLoss(torch.nn.Module):
 class DiceLoss(_SegLoss):
     """segmentation_models_pytorch.losses.DiceLoss, same arguments (plus ``per_image`` and
     ``process_group``: statistics summed over the ranks, see fastgenloss.segmentation_loss)."""
-    _fn = staticmethod(F.dice_loss)
+    _fn = staticmethod(functional.dice_loss)
 
 
 class JaccardLoss(_SegLoss):
     """segmentation_models_pytorch.losses.JaccardLoss, same arguments (plus ``per_image``)."""
-    _fn = staticmethod(F.jaccard_loss)
+    _fn = staticmethod(functional.jaccard_loss)
 
 
 class TverskyLoss(_SegLoss):
     """segmentation_models_pytorch.losses.TverskyLoss, same arguments (plus ``per_image``)."""
-    _fn = staticmethod(F.tversky_loss)
+    _fn = staticmethod(functional.tversky_loss)
 
     def __init__(self, mode: str, classes=None, log_loss: bool = False, from_logits: bool = True,
                  smooth: float = 0.0, ignore_index: int | None = None, eps: float = 1e-7,
@@ -78,12 +78,13 @@ class FocalLoss(torch.nn.Module):
         self.class_weights, self.process_group = class_weights, process_group
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
-        return F.focal_loss(y_pred, y_true, self.mode, alpha=self.alpha, gamma=self.gamma,
-                            ignore_index=self.ignore_index, from_logits=self.from_logits,
-                            eps=self.eps, reduction=self.reduction, normalized=self.normalized,
-                            reduced_threshold=self.reduced_threshold,
-                            class_weights=self.class_weights,
-                            process_group=self.process_group)
+        return functional.focal_loss(y_pred, y_true, self.mode, alpha=self.alpha, gamma=self.gamma,
+                                     ignore_index=self.ignore_index, from_logits=self.from_logits,
+                                     eps=self.eps, reduction=self.reduction,
+                                     normalized=self.normalized,
+                                     reduced_threshold=self.reduced_threshold,
+                                     class_weights=self.class_weights,
+                                     process_group=self.process_group)
 
 
 class SegmentationLoss(torch.nn.Module):
@@ -97,7 +98,7 @@ class SegmentationLoss(torch.nn.Module):
         self.kwargs = kwargs
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
-        return F.segmentation_loss(y_pred, y_true, self.mode, **self.kwargs)
+        return functional.segmentation_loss(y_pred, y_true, self.mode, **self.kwargs)
 
 
 def _soft_args(fn: str, smooth_factor, reduction: str) -> float:
@@ -110,8 +111,9 @@ def _soft_args(fn: str, smooth_factor, reduction: str) -> float:
 def _fused_xent(fn: str, x: Tensor, t: Tensor, mode: str, ignore_index, smoothing: float,
                 reduction: str) -> Tensor:
     """The cross-entropy term alone, from the statistics kernel's one pass."""
-    return F.segmentation_loss(x, t, mode, dice=0.0, iou=0.0, bce=1.0, ignore_index=ignore_index,
-                               label_smoothing=smoothing, reduction=reduction, _fn=fn)
+    return functional.segmentation_loss(x, t, mode, dice=0.0, iou=0.0, bce=1.0,
+                                        ignore_index=ignore_index, label_smoothing=smoothing,
+                                        reduction=reduction, _fn=fn)
 
 
 class SoftCrossEntropyLoss(torch.nn.Module):

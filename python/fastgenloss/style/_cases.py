@@ -8,7 +8,7 @@ import torch
 
 from .. import reference as R
 from .._cases import LossCase
-from . import functional as F
+from . import functional
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,6 @@ class StyleCase(LossCase):
 
 CASES: dict[str, LossCase] = {c.name: c for c in [
     StyleCase("style (gram target)",
-              lambda x, g, w: F.style_loss(x, g, target_is_gram=True),
+              lambda x, g, w: functional.style_loss(x, g, target_is_gram=True),
               lambda x, g, w: R.style_loss(x, g, target_is_gram=True)),
 ]}

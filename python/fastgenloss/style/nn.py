@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional
 
 __all__ = ["ContextualLoss", "PerceptualLoss", "StyleLoss"]
 
@@ -24,10 +24,10 @@ class StyleLoss(torch.nn.Module):
         if target is None:
             if self.target_gram is None:
                 raise ValueError("StyleLoss: no target: pass one or construct with target_gram")
-            return F.style_loss(input_features, self.target_gram, reduction=self.reduction,
-                                target_is_gram=True, normalize=self.normalize)
-        return F.style_loss(input_features, target, reduction=self.reduction,
-                            normalize=self.normalize)
+            return functional.style_loss(input_features, self.target_gram, reduction=self.reduction,
+                                         target_is_gram=True, normalize=self.normalize)
+        return functional.style_loss(input_features, target, reduction=self.reduction,
+                                     normalize=self.normalize)
 
 
 class PerceptualLoss(torch.nn.Module):
@@ -61,7 +61,7 @@ class PerceptualLoss(torch.nn.Module):
         self.style_weights = per_layer(fn, "style_weights", style_weights, self.layers,
                                        self.layer_names, 0.0)
         self.criterion = criterion
-        self._crit = F._criterion(fn, criterion)
+        self._crit = functional._criterion(fn, criterion)
         self.normalize_input = bool(normalize_input)
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.trainable_extractor = bool(trainable_extractor)
@@ -79,8 +79,8 @@ class PerceptualLoss(torch.nn.Module):
     def style_grams(self, style_image: Tensor) -> list:
         """The Gram matrix of each layer with a style weight (None for the others), computed
         without grad from a style image [1 or N, C, H, W]."""
-        return F._style_target("PerceptualLoss.style_grams", self._capture, style_image,
-                               self.style_weights, self.normalize_input, self.input_range)
+        return functional._style_target("PerceptualLoss.style_grams", self._capture, style_image,
+                                        self.style_weights, self.normalize_input, self.input_range)
 
     def set_style(self, style_image: Tensor | None) -> None:
         """Keep a style image's Grams as buffers for every later call (they follow ``.to()``;
@@ -99,14 +99,14 @@ class PerceptualLoss(torch.nn.Module):
 
     def forward(self, input: Tensor, target: Tensor, style_target=None) -> Tensor:
         fn = "PerceptualLoss"
-        F._check_images(fn, input, target)
+        functional._check_images(fn, input, target)
         if isinstance(style_target, Tensor):
             style_target = self.style_grams(style_target)
         elif style_target is None and self._style_buffers:
             style_target = [None if n is None else getattr(self, n) for n in self._style_buffers]
-        return F._perceptual(fn, self._capture, input, target, self.layer_weights,
-                             self.style_weights, self._crit, style_target, self.normalize_input,
-                             self.input_range)
+        return functional._perceptual(fn, self._capture, input, target, self.layer_weights,
+                                      self.style_weights, self._crit, style_target,
+                                      self.normalize_input, self.input_range)
 
     def extra_repr(self) -> str:
         return (f"layers={self.layer_names}, layer_weights={self.layer_weights}, "
@@ -122,7 +122,7 @@ class ContextualLoss(torch.nn.Module):
         self.band_width = band_width
 
     def forward(self, x_features: Tensor, y_features: Tensor) -> Tensor:
-        return F.contextual_loss(x_features, y_features, band_width=self.band_width)
+        return functional.contextual_loss(x_features, y_features, band_width=self.band_width)
 
     def extra_repr(self) -> str:
         return f"band_width={self.band_width}"
