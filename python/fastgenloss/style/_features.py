@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
