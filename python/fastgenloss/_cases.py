@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from ._families import FAMILIES
+
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,6 @@ def parse_shape(s: str) -> tuple[int, ...]:
 
 def all_cases() -> dict[str, LossCase]:
     """Every family's cases, by name, in the order of _families.FAMILIES."""
-    from ._families import FAMILIES
-
     cases: dict[str, LossCase] = {}
     for family in FAMILIES:
         cases.update(importlib.import_module(f"fastgenloss.{family}._cases").CASES)

@@ -44,9 +44,9 @@ def _vm_flags(t: torch.Tensor) -> set:
 
 @pytest.fixture
 def huge_pages():
-    before = fastgenloss.config.get("cpu_huge_pages")
-    yield
-    fastgenloss.config.set(cpu_huge_pages=before)
+    # the test sets the switch as it goes; override restores its value afterwards
+    with fastgenloss.config.override(cpu_huge_pages=fastgenloss.config.get("cpu_huge_pages")):
+        yield
 
 
 def _seg_bwd():

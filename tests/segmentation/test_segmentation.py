@@ -18,7 +18,7 @@ IGNORE = 255
 
 
 @pytest.fixture(autouse=True)
-def _cuda_kernel_on(request, monkeypatch):
+def _cuda_kernel_on(request):
     """On CUDA the tests run the hand-written kernels, the experimental combine kernel included
     (the PyTorch-ops path they replace is compared with them in
     test_cuda_kernel_matches_torch_path)."""
@@ -470,7 +470,7 @@ def test_focal_module_and_errors():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("spatial", [(37, 61), (3, 17, 29), (70, 70)], ids=str)
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_kernel_matches_torch_path(monkeypatch, mode, spatial, dtype):
+def test_cuda_kernel_matches_torch_path(mode, spatial, dtype):
     """The CUDA kernel against the PyTorch-ops path on the same device and against float64 on
     the CPU: every term incl. focal, ignore_index, rows longer than one chunk (70 x 70 > 2048)."""
     x, t = make(mode, spatial, n=3, ignore=True, absent=True, seed=31)
@@ -497,14 +497,14 @@ def test_cuda_kernel_matches_torch_path(monkeypatch, mode, spatial, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_kernel_bad_label_raises_not_crashes(monkeypatch):
-    monkeypatch.setitem(fgl.config._values, "seg_cuda_kernel", True)
+def test_cuda_kernel_bad_label_raises_not_crashes():
     x, t = make("multiclass", (40, 60), device="cuda")
     t[1, 39, 59] = 9
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\), got 9"):
-        fgl.segmentation_loss(x, t, "multiclass")
-    # the device is still usable afterwards
-    assert torch.isfinite(fgl.segmentation_loss(x, t.clamp(max=C - 1), "multiclass"))
+    with fgl.config.override(seg_cuda_kernel=True):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 5\), got 9"):
+            fgl.segmentation_loss(x, t, "multiclass")
+        # the device is still usable afterwards
+        assert torch.isfinite(fgl.segmentation_loss(x, t.clamp(max=C - 1), "multiclass"))
 
 
 @pytest.mark.parametrize("spatial", [(9, 70), (3, 5, 30)], ids=str)

@@ -26,10 +26,8 @@ def _gram_kernel_on(request):
     """On CUDA the tests run the hand-written Gram kernel (experimental: off by default; the
     cuBLAS path it replaces is compared with it in the test_cuda_gram_kernel_* tests)."""
     if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
-        before = fgl.config.get("gram_cuda_kernel")
-        fgl.config.set(gram_cuda_kernel=True)
-        yield
-        fgl.config.set(gram_cuda_kernel=before)
+        with fgl.config.override(gram_cuda_kernel=True):
+            yield
     else:
         yield
 
@@ -238,18 +236,9 @@ def test_style_loss_strips_match_reference(device, dtype, shape, target):
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-class _kernel:
+def _kernel(on):
     """Switch the CUDA Gram kernel on or off inside a with-block."""
-
-    def __init__(self, on):
-        self.on = on
-
-    def __enter__(self):
-        self.before = fgl.config.get("gram_cuda_kernel")
-        fgl.config.set(gram_cuda_kernel=self.on)
-
-    def __exit__(self, *exc):
-        fgl.config.set(gram_cuda_kernel=self.before)
+    return fgl.config.override(gram_cuda_kernel=on)
 
 
 def _tol(dtype):
