@@ -68,11 +68,20 @@ def backward_call(op, args, grad: torch.Tensor):
 
 
 def call_op(op, function, args, needs_grad: bool):
-    """op(*args) as autograd should see it: while tracing (torch.compile) the registered op
-    with its torch.library formula; in eager mode the op's autograd.Function entry point
-    (``function``: the same kernel, setup_context and backward, without torch.library's per-call
-    fill_defaults and redispatch, ~10-60 us a call) when a gradient is wanted, else the kernel
-    directly (direct)."""
+    """op(*args) as autograd should see it.
+
+    ``function`` None: the op's autograd formula is C++ (registered at its Autograd key, see
+    csrc/core/autograd.h), so the op itself is the eager entry point, as torch's own ops are,
+    for autograd, torch.compile and torch.func alike; without a gradient to record it is called
+    below autograd (direct).
+
+    Otherwise ``function`` is the op's Python autograd.Function entry point (entry_point): the
+    same kernel, setup_context and backward as its torch.library registration without that
+    registration's per-call fill_defaults and redispatch (~10-60 us a call). Tracing
+    (torch.compile) uses the registered op.
+    """
+    if function is None:
+        return op(*args) if needs_grad else direct(op, *args)
     if torch.compiler.is_compiling():
         return op(*args)
     if needs_grad:

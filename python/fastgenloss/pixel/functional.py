@@ -28,7 +28,7 @@ from torch import Tensor
 from .._core import (FLOAT_DTYPES, REDUCE_MASKED_MEAN, REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM,
                      REDUCE_WEIGHT_MEAN, call_op, check_positive, desc,
                      reduction_code)
-from ._ops import PixelFwdFunction
+from . import _ops  # noqa: F401  (registers the fake kernels and pixel_bwd's formula)
 
 __all__ = ["charbonnier_loss", "huber_loss", "l1_loss", "mse_loss", "pixel_loss", "smooth_l1_loss"]
 
@@ -96,7 +96,7 @@ def _fused(fn: str, input: Tensor, target: Tensor, weight, *, l1=0.0, mse=0.0,
     )
     args = (input, target, w, float(l1), float(mse), float(charbonnier), float(huber),
             float(smooth_l1), float(eps), float(delta), float(beta), reduction, write_grad)
-    loss, _, _ = call_op(torch.ops.fastgenloss.pixel_fwd.default, PixelFwdFunction, args,
+    loss, _, _ = call_op(torch.ops.fastgenloss.pixel_fwd.default, None, args,
                          needs_grad)
     return loss
 

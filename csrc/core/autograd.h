@@ -1,0 +1,103 @@
+// What the families' C++ autograd formulas share. An op whose formula is written in C++ has its
+// own kernel at the Autograd key that records a backward Node, exactly as torch's generated
+// code does for its own losses: an eager forward and backward run no Python, torch.func's
+// grad / vjp / vmap wrap it as they wrap torch's ops (torch::autograd::Function cannot be used:
+// functorch refuses it), and torch.compile traces it (AOTAutograd runs the same kernel and
+// Node on fake and functional tensors; the op's Python fake kernel stays its shape function).
+//
+// The pattern, per op (pixel/autograd.cpp is the model):
+//   auto node = make_node<MyNode>("op", tensor inputs...);   // nullptr: nothing to record
+//   outputs = below_autograd([&] { return op.call(...); });
+//   if (node) { save inputs (SavedVariable(t, false)); record_outputs(node, {differentiable
+//               outputs}); save outputs (SavedVariable(t, true)); donate buffers; }
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+
+namespace fastgenloss {
+
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+// The typed handle of fastgenloss::<name> (looked up once by the caller's function-local static).
+template <class Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// A tensor of a plain eager call: not one being traced (torch.compile's fake and functional
+// tensors, Python subclasses) and not wrapped by a torch.func transform. Only such a tensor may
+// be donated to backward and scaled in place there, or have its value read on the host.
+inline bool plain_tensor(const at::Tensor& t) {
+  static const c10::DispatchKeySet wrapped({c10::DispatchKey::Python,
+                                            c10::DispatchKey::Functionalize,
+                                            c10::DispatchKey::FuncTorchBatched,
+                                            c10::DispatchKey::FuncTorchGradWrapper});
+  return !t.key_set().has_any(wrapped);
+}
+
+// A backward Node of a fastgenloss op, with the one tensor a forward may donate to its first
+// backward (a gradient it wrote, to be scaled in place: peak memory stays at one gradient).
+// Held outside SavedVariable: it has no history, and nothing else refers to it.
+struct LossNode : torch::autograd::Node {
+  at::Tensor donated;
+
+  at::Tensor take_donated() { return std::exchange(donated, at::Tensor()); }
+};
+
+// The op's Node when this call must record one (grad mode on and an input requiring grad; its
+// edges are the given tensors in order, an undefined one an empty edge), else nullptr.
+// Forward-mode AD (torch.func.jvp, forward_ad) has no formula here: an error, not a silent 0.
+template <class NodeT, class... Tensors>
+c10::intrusive_ptr<NodeT> make_node(const char* op, const Tensors&... inputs) {
+  TORCH_CHECK(!(torch::autograd::isFwGradDefined(inputs) || ...), "fastgenloss::", op,
+              ": forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
+              "implemented; use reverse mode (backward, torch.func.grad, vjp)");
+  if (!torch::autograd::compute_requires_grad(inputs...)) return nullptr;
+  auto node = c10::make_intrusive<NodeT>();
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
+  return node;
+}
+
+// Makes outputs (in order: their gradients' order in Node::apply) differentiable through node.
+inline void record_outputs(const c10::intrusive_ptr<torch::autograd::Node>& node,
+                           std::initializer_list<at::Tensor> outputs) {
+  for (const auto& t : outputs) torch::autograd::set_history(t, node);
+}
+
+// Calls a kernel below autograd (the Autograd key skipped: the caller records the Node).
+template <class F>
+auto below_autograd(F&& call) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call();
+}
+
+// Runs a backward op: below autograd in a first-order backward (grad mode off: its own
+// autograd formula, which only double backward needs, is skipped), through autograd when
+// create_graph=True asks for its derivative.
+template <class F>
+auto below_autograd_unless_grad(F&& call) {
+  if (at::GradMode::is_enabled()) return call();
+  return below_autograd(std::forward<F>(call));
+}
+
+// The gradient a forward wrote (for grad_output = 1) times grad_output; in place when the
+// buffer was donated. A CPU grad_output of exactly 1 (a plain loss.backward()) skips the pass
+// entirely; a device grad_output is never read (that would synchronize the device and break
+// CUDA-graph capture).
+inline at::Tensor scaled_grad(at::Tensor buf, const at::Tensor& scale, bool in_place) {
+  if (in_place) {
+    if (scale.is_cpu() && scale.numel() == 1 && plain_tensor(scale) &&
+        scale.item<double>() == 1.0) {
+      return buf;
+    }
+    return buf.mul_(scale);
+  }
+  return buf * scale;
+}
+
+}  // namespace fastgenloss
