@@ -17,6 +17,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/library.h>
 
 namespace fastgenloss {
 
@@ -98,6 +99,65 @@ inline at::Tensor scaled_grad(at::Tensor buf, const at::Tensor& scale, bool in_p
     return buf.mul_(scale);
   }
   return buf * scale;
+}
+
+}  // namespace fastgenloss
+
+namespace fastgenloss {
+
+// The Node of a backward op without a derivative of its own: its backward (a second
+// derivative of the loss) raises NotImplementedError with the op's message.
+struct NoDerivative final : torch::autograd::Node {
+  explicit NoDerivative(std::string message) : message_(std::move(message)) {}
+  std::string name() const override { return "NoDerivative"; }
+  variable_list apply(variable_list&& /*grads*/) override {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, message_);
+  }
+
+ private:
+  std::string message_;
+};
+
+// The Autograd-key kernel of a backward op that is differentiated no further: the kernel
+// below autograd, its floating outputs recorded with a NoDerivative node when an input requires
+// grad (create_graph=True, torch.func.grad), so that first derivatives work everywhere and a
+// second derivative is a clear error, never a silent zero. Works for any schema (boxed).
+struct FirstOrderOnly final : c10::OperatorKernel {
+  explicit FirstOrderOnly(std::string message) : message(std::move(message)) {}
+  std::string message;
+
+  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+    const size_t n_args = op.schema().arguments().size();
+    torch::autograd::edge_list edges;
+    bool requires_grad = false;
+    for (size_t i = stack->size() - n_args; i < stack->size(); ++i) {
+      const auto& arg = (*stack)[i];
+      if (!arg.isTensor()) continue;
+      const at::Tensor& t = arg.toTensor();
+      TORCH_CHECK(!torch::autograd::isFwGradDefined(t), op.schema().name(),
+                  ": forward-mode AD is not implemented");
+      requires_grad = requires_grad || (t.defined() && t.requires_grad());
+      edges.push_back(t.defined() ? torch::autograd::impl::gradient_edge(t)
+                                  : torch::autograd::Edge());
+    }
+    requires_grad = requires_grad && at::GradMode::is_enabled();
+    below_autograd([&] { op.callBoxed(stack); });
+    if (!requires_grad) return;
+    auto node = c10::make_intrusive<NoDerivative>(message);
+    node->set_next_edges(std::move(edges));
+    const size_t n_out = op.schema().returns().size();
+    for (size_t i = stack->size() - n_out; i < stack->size(); ++i) {
+      const auto& out = (*stack)[i];
+      if (out.isTensor() && at::isFloatingType(out.toTensor().scalar_type())) {
+        torch::autograd::set_history(out.toTensor(), node);
+      }
+    }
+  }
+};
+
+inline torch::CppFunction first_order_only(std::string message) {
+  return torch::CppFunction::makeFromBoxedFunctor(
+      std::make_unique<FirstOrderOnly>(std::move(message)));
 }
 
 }  // namespace fastgenloss

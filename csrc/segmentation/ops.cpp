@@ -3,6 +3,7 @@
 // statistics to the loss (seg_combine: combine.cpp, the math of combine.h); seg_labels checks
 // integer labels for the PyTorch-ops statistics (combine.cpp).
 #include <torch/library.h>
+#include "core/autograd.h"
 
 TORCH_LIBRARY_FRAGMENT(fastgenloss, m) {
   // segmentation statistics (segmentation/math.h): logits [N, C, M], labels [N, M] or mask
@@ -37,4 +38,13 @@ TORCH_LIBRARY_FRAGMENT(fastgenloss, m) {
       "seg_combine_bwd(Tensor grad, Tensor stats, Tensor xent, float[] overlap, float bce, "
       "float count, float focal, bool binary, bool per_image, bool sum, bool log_loss, "
       "float smooth, float eps, Tensor? class_weights=None) -> (Tensor, Tensor)");
+}
+
+// The backward ops are differentiated no further: a second derivative raises (core/autograd.h).
+TORCH_LIBRARY_IMPL(fastgenloss, Autograd, m) {
+  const char* msg =
+      "fastgenloss: second derivatives of the segmentation losses are not implemented "
+      "(differentiate once, without create_graph=True)";
+  m.impl("seg_stats_bwd", fastgenloss::first_order_only(msg));
+  m.impl("seg_combine_bwd", fastgenloss::first_order_only(msg));
 }

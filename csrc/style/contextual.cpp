@@ -25,6 +25,7 @@
 
 #include "core/tensor_utils.h"
 #include "style/features.h"
+#include "core/autograd.h"
 
 namespace fastgenloss {
 namespace {
@@ -415,4 +416,12 @@ TORCH_LIBRARY_FRAGMENT(fastgenloss, m) {
 TORCH_LIBRARY_IMPL(fastgenloss, CompositeExplicitAutograd, m) {
   m.impl("contextual_fwd", &fastgenloss::contextual_fwd_impl);
   m.impl("contextual_bwd", &fastgenloss::contextual_bwd_impl);
+}
+
+// contextual_bwd is differentiated no further: a second derivative raises (core/autograd.h).
+TORCH_LIBRARY_IMPL(fastgenloss, Autograd, m) {
+  m.impl("contextual_bwd",
+         fastgenloss::first_order_only(
+             "fastgenloss: second derivatives of the contextual loss are not implemented "
+             "(differentiate once, without create_graph=True)"));
 }

@@ -28,6 +28,7 @@
 #include "core/tensor_utils.h"
 #include "style/cuda.h"
 #include "style/features.h"
+#include "core/autograd.h"
 
 namespace fastgenloss {
 
@@ -279,4 +280,13 @@ TORCH_LIBRARY_IMPL(fastgenloss, CompositeExplicitAutograd, m) {
   m.impl("gram_bwd", &fastgenloss::gram_bwd_impl);
   m.impl("style_fwd", &fastgenloss::style_fwd_impl);
   m.impl("style_bwd", &fastgenloss::style_bwd_impl);
+}
+
+// The backward ops are differentiated no further: a second derivative raises (core/autograd.h).
+TORCH_LIBRARY_IMPL(fastgenloss, Autograd, m) {
+  const char* msg =
+      "fastgenloss: second derivatives of the Gram matrix / style loss are not implemented "
+      "(differentiate once, without create_graph=True)";
+  m.impl("gram_bwd", fastgenloss::first_order_only(msg));
+  m.impl("style_bwd", fastgenloss::first_order_only(msg));
 }

@@ -80,9 +80,7 @@ def call_op(op, function, args, needs_grad: bool):
     registration's per-call fill_defaults and redispatch (~10-60 us a call). Tracing
     (torch.compile) uses the registered op.
     """
-    if function is None:
-        return op(*args) if needs_grad else direct(op, *args)
-    if torch.compiler.is_compiling():
+    if needs_grad and function is None or torch.compiler.is_compiling():
         return op(*args)
     if needs_grad:
         return function.apply(*args)
@@ -90,18 +88,23 @@ def call_op(op, function, args, needs_grad: bool):
 
 
 def entry_point(op_name: str, setup_context, backward, doc: str):
-    """The eager autograd.Function entry point of fastgenloss::<op_name> (see call_op):
-    forward runs the kernel below autograd and the registered setup_context, backward the
-    registered formula. Called with every schema argument."""
+    """The eager autograd.Function entry point of fastgenloss::<op_name> whose autograd formula
+    is Python (see call_op): forward runs the kernel below autograd, then the registered
+    setup_context and backward. Called with every schema argument.
 
-    def forward(ctx, *args):
-        out = direct(getattr(torch.ops.fastgenloss, op_name).default, *args)
-        setup_context(ctx, args, out)
-        return out
+    A separate setup_context and a generated vmap rule make it usable under torch.func
+    (grad, vjp, vmap and their compositions): vmap runs the kernel through torch's batched
+    fallback (a loop over the batch) where the op has no batching rule."""
+    op = getattr(torch.ops.fastgenloss, op_name).default
+
+    def forward(*args):
+        return direct(op, *args)
 
     return type(f"{op_name}_function", (torch.autograd.Function,),
                 {"forward": staticmethod(forward),
+                 "setup_context": staticmethod(setup_context),
                  "backward": staticmethod(backward),
+                 "generate_vmap_rule": True,
                  "__doc__": doc})
 
 
@@ -119,18 +122,3 @@ def scaled_grad(buf: torch.Tensor, scale: torch.Tensor, in_place: bool) -> torch
             return buf
         return buf.mul_(scale)
     return buf * scale
-
-
-def no_setup(ctx, inputs, output):
-    pass
-
-
-def register_first_order_only(op_names, message: str) -> None:
-    """Register, as the autograd formula of each backward op in op_names, an error with
-    message: their own derivatives (second derivatives of the loss) are not implemented."""
-
-    def raise_error(ctx, *grads):
-        raise NotImplementedError(message)
-
-    for name in op_names:
-        torch.library.register_autograd(f"fastgenloss::{name}", raise_error, setup_context=no_setup)

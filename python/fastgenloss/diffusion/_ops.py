@@ -1,13 +1,12 @@
-"""The diffusion ops' Python half: fake kernels and autograd formulas of fastgenloss::diffusion_fwd,
-diffusion_bwd, diffusion_mix and diffusion_mix_bwd (schemas and kernels: csrc/diffusion/), and
-their eager entry points."""
+"""The diffusion ops' Python half: fake kernels of fastgenloss::diffusion_fwd,
+diffusion_bwd, diffusion_mix and diffusion_mix_bwd, and the autograd formulas of the last two
+(schemas, kernels and the first two's autograd: csrc/diffusion/)."""
 
 from __future__ import annotations
 
 import torch
 
-from .._core import (REDUCE_MEAN, REDUCE_NONE, acc_dtype, backward_call, entry_point,
-                     register_first_order_only, scaled_grad)
+from .._core import REDUCE_NONE, acc_dtype, backward_call, entry_point
 
 # Codes of csrc/diffusion/math.h.
 SCHED_ALPHAS_CUMPROD, SCHED_FLOW, SCHED_EDM = range(3)
@@ -63,70 +62,7 @@ def _diffusion_mix_bwd_fake(grad, t, table, kind, sample_grad, noise_grad):
     return out(sample_grad), out(noise_grad)
 
 
-_DIFF_N_PARAMS = 9  # schedule ... write_grad: the non-tensor arguments after weight
-
-
-def _diffusion_fwd_setup_context(ctx, inputs, output):
-    model_output, sample, noise, t, table, weight, *params = inputs
-    loss, sample_loss, grad = output
-    params, write_grad = tuple(params[:-1]), params[-1]
-    reduction = params[-1]
-    ctx.mark_non_differentiable(sample_loss, grad)
-    ctx.set_materialize_grads(False)
-    ctx.params = params
-    has_buffer = write_grad and reduction != REDUCE_NONE
-    eager = type(grad) is torch.Tensor  # see pixel/_ops.py's _pixel_fwd_setup_context
-    ctx.grad_buffer = grad if (has_buffer and eager) else None
-    ctx.save_for_backward(model_output, sample, noise, t, table, weight,
-                          sample_loss if weight is not None else None,
-                          grad if (has_buffer and not eager) else None)
-
-
-def _diffusion_fwd_backward(ctx, grad_loss, _grad_sample_loss, _grad_grad):
-    model_output, sample, noise, t, table, weight, sample_loss, saved_buf = ctx.saved_tensors
-    params = ctx.params
-    reduction = params[-1]
-    need_f, need_x, need_e = ctx.needs_input_grad[:3]
-    need_w = ctx.needs_input_grad[5]
-    nones = (None,) * _DIFF_N_PARAMS
-    if grad_loss is None:
-        return (None,) * 6 + nones
-    buf, ctx.grad_buffer = ctx.grad_buffer, None
-    in_place = buf is not None and not torch.is_grad_enabled()
-    if not in_place:
-        buf = saved_buf
-    gf = None
-    if buf is not None and need_f:
-        gf = scaled_grad(buf, grad_loss, in_place)
-    gx = ge = None
-    op_f = need_f and gf is None
-    if op_f or need_x or need_e:
-        args = (grad_loss, model_output, sample, noise, t, table, weight, *params,
-                op_f, need_x, need_e)
-        op = torch.ops.fastgenloss.diffusion_bwd.default
-        f_, x_, e_ = backward_call(op, args, grad_loss)
-        if op_f:
-            gf = f_
-        gx = x_ if need_x else None
-        ge = e_ if need_e else None
-    gw = None
-    if need_w:
-        gw = grad_loss * sample_loss
-        if reduction == REDUCE_MEAN:
-            gw = gw / sample_loss.shape[0]
-        gw = gw.to(weight.dtype)
-    return (gf, gx, ge, None, None, gw) + nones
-
-
-torch.library.register_autograd(
-    "fastgenloss::diffusion_fwd", _diffusion_fwd_backward,
-    setup_context=_diffusion_fwd_setup_context)
-
-
-register_first_order_only(
-    ["diffusion_bwd"],
-    "fastgenloss: second derivatives of the diffusion losses are not implemented "
-    "(differentiate the loss once, without create_graph=True)")
+# diffusion_fwd's and diffusion_bwd's autograd is C++ (csrc/diffusion/autograd.cpp).
 
 
 def _mix_setup_context(ctx, inputs, output):
@@ -174,7 +110,5 @@ torch.library.register_autograd(
     "fastgenloss::diffusion_mix_bwd", _mix_bwd_backward, setup_context=_mix_bwd_setup_context)
 
 
-DiffusionFwdFunction = entry_point("diffusion_fwd", _diffusion_fwd_setup_context,
-                                    _diffusion_fwd_backward, "Eager entry point of diffusion_fwd.")
 DiffusionMixFunction = entry_point("diffusion_mix", _mix_setup_context, _mix_backward,
                                     "Eager entry point of diffusion_mix.")

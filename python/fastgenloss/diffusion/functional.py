@@ -17,7 +17,7 @@ from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOIS
                    MIX_FLOW, MIX_VELOCITY, PRED_EPSILON, PRED_FLOW, PRED_SAMPLE, PRED_V,
                    SCHED_ALPHAS_CUMPROD, SCHED_EDM, SCHED_FLOW, WEIGHT_COSMAP, WEIGHT_EDM,
                    WEIGHT_INVERSE_SNR, WEIGHT_MIN_SNR, WEIGHT_MIN_SNR_FLOORED, WEIGHT_NONE,
-                   WEIGHT_SIGMA_SQRT, WEIGHT_SNR, DiffusionFwdFunction, DiffusionMixFunction)
+                   WEIGHT_SIGMA_SQRT, WEIGHT_SNR, DiffusionMixFunction)
 
 __all__ = ["add_noise", "diffusion_loss", "edm_loss", "edm_noise", "flow_matching_loss",
            "flow_noise", "snr", "velocity"]
@@ -164,7 +164,7 @@ def _diffusion_call(model_output, sample, noise, t, table, weight, schedule, pre
     args = (model_output, sample, noise, t, table, weight, schedule, prediction, weighting,
             loss_type, float(snr_gamma), float(huber_c), float(sigma_data), reduction,
             write_grad)
-    loss, _, _ = call_op(torch.ops.fastgenloss.diffusion_fwd.default, DiffusionFwdFunction,
+    loss, _, _ = call_op(torch.ops.fastgenloss.diffusion_fwd.default, None,
                          args, needs_grad)
     return loss
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core import acc_dtype, backward_call, entry_point, register_first_order_only
+from .._core import acc_dtype, backward_call, entry_point
 
 # Codes of csrc/segmentation/math.h.
 SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL = range(3)
@@ -100,10 +100,7 @@ def _seg_combine_backward(ctx, grad):
 
 torch.library.register_autograd("fastgenloss::seg_combine", _seg_combine_backward,
                                 setup_context=_seg_combine_setup_context)
-register_first_order_only(
-    ["seg_stats_bwd", "seg_combine_bwd"],
-    "fastgenloss: second derivatives of the segmentation losses are not implemented "
-    "(differentiate once, without create_graph=True)")
+# seg_stats_bwd and seg_combine_bwd are differentiated no further (csrc/segmentation/ops.cpp).
 
 
 SegStatsFunction = entry_point("seg_stats", _seg_stats_setup_context, _seg_stats_backward,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core import REDUCE_NONE, acc_dtype, backward_call, entry_point, register_first_order_only
+from .._core import REDUCE_NONE, acc_dtype, backward_call, entry_point
 
 @torch.library.register_fake("fastgenloss::gram")
 def _gram_fake(features, scale):
@@ -53,12 +53,7 @@ def _gram_backward(ctx, grad):
 
 torch.library.register_autograd("fastgenloss::gram", _gram_backward,
                                 setup_context=_gram_setup_context)
-
-
-register_first_order_only(
-    ["gram_bwd", "style_bwd"],
-    "fastgenloss: second derivatives of the Gram matrix / style loss are not implemented "
-    "(differentiate once, without create_graph=True)")
+# gram_bwd, style_bwd and contextual_bwd are differentiated no further (csrc/style/).
 
 
 def _style_setup_context(ctx, inputs, output):
@@ -134,8 +129,3 @@ torch.library.register_autograd("fastgenloss::contextual_fwd", _contextual_backw
 ContextualFwdFunction = entry_point("contextual_fwd", _contextual_setup_context,
                                      _contextual_backward, "Eager entry point of contextual_fwd.")
 
-
-register_first_order_only(
-    ["contextual_bwd"],
-    "fastgenloss: second derivatives of the contextual loss are not implemented "
-    "(differentiate once, without create_graph=True)")
