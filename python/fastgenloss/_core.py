@@ -17,6 +17,22 @@ REDUCTIONS = {"none": REDUCE_NONE, "mean": REDUCE_MEAN, "sum": REDUCE_SUM}
 
 # The floating dtypes the kernels take.
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a loss over these floating operands computes and returns in, as torch's losses:
+    type promotion (bfloat16 with float32 gives float32), and under autocast for the operands'
+    device float32 in place of float16 / bfloat16, as autocast runs the losses on its float32
+    list (mse_loss, l1_loss, huber_loss, ...). Operands of another dtype are converted to it
+    (autocast converts them too); autograd returns each operand's gradient in its own dtype."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        if t.dtype is not dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in HALF_DTYPES and torch.is_autocast_enabled(tensors[0].device.type):
+        return torch.float32
+    return dtype
 
 
 def desc(t: Tensor) -> str:

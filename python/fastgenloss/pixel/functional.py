@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import (FLOAT_DTYPES, REDUCE_MASKED_MEAN, REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM,
-                     REDUCE_WEIGHT_MEAN, call_op, check_positive, desc,
+from .._core import (FLOAT_DTYPES, HALF_DTYPES, REDUCE_MASKED_MEAN, REDUCE_MEAN, REDUCE_NONE,
+                     REDUCE_SUM, REDUCE_WEIGHT_MEAN, call_op, check_positive, compute_dtype, desc,
                      reduction_code)
 from . import _ops  # noqa: F401  (registers the fake kernels and pixel_bwd's formula)
 
@@ -37,12 +37,9 @@ def _check_pair(fn: str, input, target) -> None:
     for name, t in (("input", input), ("target", target)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if input.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{fn}: input must be float32, float64, float16 or bfloat16, got {desc(input)}")
-    if target.dtype != input.dtype:
-        raise TypeError(
-            f"{fn}: target {desc(target)} and input {desc(input)} must have the same dtype")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{fn}: {name} must be float32, float64, float16 or bfloat16, got {desc(t)}")
     if target.shape != input.shape:
         raise ValueError(
             f"{fn}: target {desc(target)} and input {desc(input)} must have the same shape")
@@ -51,10 +48,7 @@ def _check_pair(fn: str, input, target) -> None:
             f"{fn}: target {desc(target)} and input {desc(input)} must be on the same device")
 
 
-def _prepare_weight(fn: str, weight, input: Tensor):
-    """The weight as input's dtype, expanded (a view, differentiable) to input's shape."""
-    if weight is None:
-        return None
+def _check_weight(fn: str, weight, input: Tensor) -> None:
     if not isinstance(weight, Tensor):
         raise TypeError(f"{fn}: weight must be a torch.Tensor or None, got {type(weight).__name__}")
     if not (weight.is_floating_point() or weight.dtype == torch.bool):
@@ -69,17 +63,33 @@ def _prepare_weight(fn: str, weight, input: Tensor):
     if shape != input.shape:
         raise ValueError(
             f"{fn}: weight {desc(weight)} must broadcast to input's shape {list(input.shape)}")
-    if weight.dtype != input.dtype:
-        weight = weight.to(input.dtype)
-    return weight.expand(input.shape)
+
+
+def _operands(fn: str, input, target, weight):
+    """input, target and weight (expanded, a differentiable view, to input's shape) in the
+    dtype the loss computes in: torch's promotion of the three (a bool mask does not take part)
+    and float32 for half precision under autocast (_core.compute_dtype)."""
+    _check_pair(fn, input, target)
+    if weight is not None:
+        _check_weight(fn, weight, input)
+    dtype = input.dtype
+    if target.dtype is not dtype or (weight is not None and weight.dtype is not dtype) \
+            or dtype in HALF_DTYPES:
+        floats = (input, target) if weight is None or weight.dtype == torch.bool \
+            else (input, target, weight)
+        dtype = compute_dtype(*floats)
+        input = input if input.dtype is dtype else input.to(dtype)
+        target = target if target.dtype is dtype else target.to(dtype)
+    if weight is not None:
+        weight = (weight if weight.dtype is dtype else weight.to(dtype)).expand(input.shape)
+    return input, target, weight
 
 
 def _fused(fn: str, input: Tensor, target: Tensor, weight, *, l1=0.0, mse=0.0,
            charbonnier=0.0, huber=0.0, smooth_l1=0.0, eps=1e-3, delta=1.0, beta=1.0,
            reduction: int) -> Tensor:
     """Checks shared by every pixel loss, then one call of the fused op."""
-    _check_pair(fn, input, target)
-    w = _prepare_weight(fn, weight, input)
+    input, target, w = _operands(fn, input, target, weight)
     if reduction in (REDUCE_WEIGHT_MEAN, REDUCE_MASKED_MEAN) and w is None:
         reduction = REDUCE_MEAN
     # The forward writes the input gradient in the same pass when one will be needed and the

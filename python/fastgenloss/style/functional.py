@@ -93,6 +93,11 @@ def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
     elif not target_is_gram and not feat_shape:
         raise ValueError(f"{fn}: target features {desc(tgt)} must have input_features' shape "
                          f"{list(input_features.shape)}")
+    if not target_is_gram and tgt.dtype is not input_features.dtype:
+        # Mixed features promote as torch (bfloat16 with float32: both float32), rather than
+        # rounding the target to the input's precision.
+        dtype = torch.promote_types(input_features.dtype, tgt.dtype)
+        input_features, tgt = input_features.to(dtype), tgt.to(dtype)
     red = reduction_code(fn, reduction)
     args = (input_features, tgt, bool(target_is_gram), _gram_scale(input_features, normalize), red)
     loss, _ = call_op(torch.ops.fastgenloss.style_fwd.default, StyleFwdFunction, args,
