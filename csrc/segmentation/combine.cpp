@@ -116,8 +116,8 @@ std::tuple<at::Tensor, at::Tensor> seg_combine_bwd_cpu(
 }  // namespace
 
 // seg_labels on any device (ATen ops): one pass for the check, whose result the host reads
-at::Tensor seg_labels(const at::Tensor& target, int64_t num_classes, bool has_ignore,
-                      int64_t ignore_index) {
+at::Tensor seg_labels_impl(const at::Tensor& target, int64_t num_classes, bool has_ignore,
+                           int64_t ignore_index, bool check) {
   constexpr const char* op = "fastgenloss::seg_labels";
   TORCH_CHECK(!at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type()) &&
                   target.scalar_type() != at::kBool,
@@ -125,13 +125,19 @@ at::Tensor seg_labels(const at::Tensor& target, int64_t num_classes, bool has_ig
   TORCH_CHECK(num_classes > 0, op, ": num_classes must be positive, got ", num_classes);
   at::Tensor t = target.to(at::kLong, /*non_blocking=*/false, /*copy=*/true);  // never an alias
   const at::Tensor keep = has_ignore ? t.ne(ignore_index) : at::ones_like(t, t.options().dtype(at::kBool));
-  const at::Tensor bad = keep.logical_and(t.lt(0).logical_or(t.ge(num_classes)));
-  if (bad.any().item<bool>()) {
+  const at::Tensor bad = check ? keep.logical_and(t.lt(0).logical_or(t.ge(num_classes)))
+                              : at::Tensor();
+  if (check && bad.any().item<bool>()) {
     seg_raise_bad_label(op, num_classes, has_ignore, ignore_index,
                         t.masked_select(bad).index({0}).item<int64_t>());
   }
   if (has_ignore) t.masked_fill_(keep.logical_not(), 0);
   return t;
+}
+
+at::Tensor seg_labels(const at::Tensor& target, int64_t num_classes, bool has_ignore,
+                      int64_t ignore_index) {
+  return seg_labels_impl(target, num_classes, has_ignore, ignore_index, /*check=*/true);
 }
 
 }  // namespace fastgenloss

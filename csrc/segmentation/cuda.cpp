@@ -2,9 +2,14 @@
 // (g++), kernels in kernels.cu. Launches on torch's current stream. Multiclass forward reads
 // back one flag (a host synchronization) to raise on a label outside [0, C) that is not
 // ignore_index, with the value -- the same error as the CPU kernel, never an illegal access
-// (the kernel leaves such a position out).
+// (the kernel leaves such a position out). While the stream is being captured into a CUDA graph
+// the host cannot read: the flag then turns the statistics into NaN on the device instead, so a
+// bad label gives a NaN loss, never a silently wrong one.
 #include <ATen/ATen.h>
+
+#include <limits>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -19,6 +24,17 @@ namespace fastgenloss {
 namespace {
 
 constexpr const char* kOp = "fastgenloss::seg_stats";
+
+// Whether the current stream is being captured into a CUDA graph (no host reads allowed).
+bool capturing() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+}
+
+// seg_labels on CUDA: checked (a host read) except while capturing.
+at::Tensor seg_labels_cuda(const at::Tensor& target, int64_t num_classes, bool has_ignore,
+                           int64_t ignore_index) {
+  return seg_labels_impl(target, num_classes, has_ignore, ignore_index, !capturing());
+}
 
 struct SegOperands {
   at::Tensor input, target;
@@ -99,9 +115,15 @@ std::tuple<at::Tensor, at::Tensor> seg_stats_cuda(const at::Tensor& input, const
   C10_CUDA_CHECK(launch_seg_fwd(o.launch, part.mutable_data_ptr(), stats.mutable_data_ptr(),
                                 xent.mutable_data_ptr(), bad.mutable_data_ptr(), stream_of(o.input)));
   if (mc && n * m > 0) {
-    const at::Tensor hb = bad.cpu();
-    const int64_t* h = hb.const_data_ptr<int64_t>();
-    if (h[0] != 0) seg_raise_bad_label(kOp, c, has_ignore, ignore_index, h[1]);
+    if (capturing()) {
+      const at::Tensor any_bad = bad.select(0, 0).ne(0);
+      stats.masked_fill_(any_bad, std::numeric_limits<double>::quiet_NaN());
+      xent.masked_fill_(any_bad, std::numeric_limits<double>::quiet_NaN());
+    } else {
+      const at::Tensor hb = bad.cpu();
+      const int64_t* h = hb.const_data_ptr<int64_t>();
+      if (h[0] != 0) seg_raise_bad_label(kOp, c, has_ignore, ignore_index, h[1]);
+    }
   }
   return {stats, xent};
 }
@@ -173,4 +195,5 @@ TORCH_LIBRARY_IMPL(fastgenloss, CUDA, m) {
   m.impl("seg_combine_bwd", &fastgenloss::seg_combine_bwd_cuda);
   m.impl("seg_stats", &fastgenloss::seg_stats_cuda);
   m.impl("seg_stats_bwd", &fastgenloss::seg_stats_bwd_cuda);
+  m.impl("seg_labels", &fastgenloss::seg_labels_cuda);
 }

@@ -40,6 +40,18 @@ def desc(t: Tensor) -> str:
     return f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
 
 
+def host_readable(t: Tensor) -> bool:
+    """Whether t's values may be read on the host for a check: never while torch.compile traces
+    (its graphs cannot branch on values); on the CPU otherwise; on CUDA in eager mode outside
+    CUDA-graph capture (a synchronization, which capture forbids); never on other devices (meta
+    has no values). Where this is False the ops read no tensor value, so every loss can be
+    captured in a CUDA graph (torch.compile mode="reduce-overhead", torch.cuda.graph)."""
+    if torch.compiler.is_compiling():
+        return False
+    kind = t.device.type
+    return kind == "cpu" or (kind == "cuda" and not torch.cuda.is_current_stream_capturing())
+
+
 def reduction_code(fn: str, reduction: str, size_average=None, reduce=None) -> int:
     """A reduction name as its code; torch's deprecated size_average / reduce pair too."""
     if size_average is not None or reduce is not None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import FLOAT_DTYPES, REDUCE_NONE, call_op, check_positive, desc, reduction_code
+from .._core import (FLOAT_DTYPES, REDUCE_NONE, call_op, check_positive, desc, host_readable,
+                     reduction_code)
 from ._ops import (LOSS_HUBER, LOSS_L1, LOSS_L2, LOSS_PSEUDO_HUBER, MIX_ADD_NOISE, MIX_EDM,
                    MIX_FLOW, MIX_VELOCITY, PRED_EPSILON, PRED_FLOW, PRED_SAMPLE, PRED_V,
                    SCHED_ALPHAS_CUMPROD, SCHED_EDM, SCHED_FLOW, WEIGHT_COSMAP, WEIGHT_EDM,
@@ -94,8 +95,7 @@ def _check_timesteps(fn: str, timesteps, alphas_cumprod, n: int, device) -> None
     _check_no_grad(fn, "alphas_cumprod", alphas_cumprod)
     # A range check costs nothing for CPU timesteps; on a GPU it would cost a device
     # synchronization, so there an out-of-range timestep gives its sample a NaN loss instead.
-    if timesteps.device.type == "cpu" and timesteps.numel() > 0 and \
-            not torch.compiler.is_compiling():
+    if timesteps.device.type == "cpu" and timesteps.numel() > 0 and host_readable(timesteps):
         lo, hi = int(timesteps.min()), int(timesteps.max())
         if lo < 0 or hi >= alphas_cumprod.numel():
             raise ValueError(

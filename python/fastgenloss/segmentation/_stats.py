@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import config
-from .._core import acc_dtype, call_op, desc
+from .._core import acc_dtype, call_op, desc, host_readable
 from ._ops import SEG_BINARY, SEG_MULTICLASS, SEG_MULTILABEL, SegStatsFunction
 from ._torch import power, probability_logits
 
@@ -119,9 +119,10 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
                                          eps, acc)
     if labels:
         keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        if torch.compiler.is_compiling():
-            # a traced graph cannot branch on the labels: the op checks them (and raises) as
-            # the graph runs; an ignore_index no integer equals ignores nothing, as in eager mode
+        if not host_readable(t):
+            # a traced graph (or a CUDA graph being captured) cannot branch on the labels: the
+            # op checks them (and raises) as the graph runs, except under capture (see
+            # seg_labels); an ignore_index no integer equals ignores nothing, as in eager mode
             has_ignore = ignore_index is not None and float(int(ignore_index)) == float(ignore_index)
             lab = torch.ops.fastgenloss.seg_labels(t, c, has_ignore,
                                                    int(ignore_index) if has_ignore else 0)
@@ -189,7 +190,7 @@ def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = T
     t = t.contiguous()
     fg = -1.0 if focal_gamma is None else float(focal_gamma)
     fa = -1.0 if focal_alpha is None else float(focal_alpha)
-    if labels and x.device.type == "cuda" and not torch.compiler.is_compiling():
+    if labels and x.device.type == "cuda" and host_readable(t):
         # Labels checked here in eager mode (the kernel checks them too, and raises from C++
         # under torch.compile): with one GPU toolchain an error raised from the CUDA op's C++
         # crashed the process (docs/performance.md, open GPU work); the cost is one pass over
