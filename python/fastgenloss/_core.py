@@ -111,6 +111,8 @@ def call_op(op, function, args, needs_grad: bool):
     if needs_grad and function is None or torch.compiler.is_compiling():
         return op(*args)
     if needs_grad:
+        if torch._C._are_functorch_transforms_active():
+            return function.transformable.apply(*args)
         return function.apply(*args)
     return direct(op, *args)
 
@@ -120,20 +122,34 @@ def entry_point(op_name: str, setup_context, backward, doc: str):
     is Python (see call_op): forward runs the kernel below autograd, then the registered
     setup_context and backward. Called with every schema argument.
 
-    A separate setup_context and a generated vmap rule make it usable under torch.func
-    (grad, vjp, vmap and their compositions): vmap runs the kernel through torch's batched
-    fallback (a loop over the batch) where the op has no batching rule."""
+    Two classes with the same formula: the plain one (forward(ctx, *args) calls setup_context
+    itself) for ordinary eager calls, and, as its ``transformable`` attribute, one with a
+    separate setup_context and a generated vmap rule that torch.func (grad, vjp, vmap and
+    their compositions) requires; vmap runs the kernel through torch's batched fallback (a loop
+    over the batch) where the op has no batching rule. The plain one exists because
+    autograd.Function.apply binds the arguments to forward's signature with inspect (~20-30 us
+    a call) whenever setup_context is separate."""
     op = getattr(torch.ops.fastgenloss, op_name).default
+
+    def forward_with_ctx(ctx, *args):
+        out = direct(op, *args)
+        setup_context(ctx, args, out)
+        return out
 
     def forward(*args):
         return direct(op, *args)
 
-    return type(f"{op_name}_function", (torch.autograd.Function,),
-                {"forward": staticmethod(forward),
-                 "setup_context": staticmethod(setup_context),
-                 "backward": staticmethod(backward),
-                 "generate_vmap_rule": True,
-                 "__doc__": doc})
+    function = type(f"{op_name}_function", (torch.autograd.Function,),
+                    {"forward": staticmethod(forward_with_ctx),
+                     "backward": staticmethod(backward),
+                     "__doc__": doc})
+    function.transformable = type(f"{op_name}_transformable", (torch.autograd.Function,),
+                                  {"forward": staticmethod(forward),
+                                   "setup_context": staticmethod(setup_context),
+                                   "backward": staticmethod(backward),
+                                   "generate_vmap_rule": True,
+                                   "__doc__": doc + " (torch.func transforms)"})
+    return function
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
