@@ -67,21 +67,21 @@ def test_weight_takes_part_in_promotion(wdtype):
 
 def _float32(fn):
     """A reference loss in float32 arithmetic: outside autocast (which would run its matmuls in
-    bfloat16), on float32 copies of the operands."""
+    half precision), on float32 copies of the operands."""
     def run(*args, **kwargs):
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(args[0].device.type, enabled=False):
             return fn(*(a.float() if a.is_floating_point() else a for a in args), **kwargs)
     return run
 
 
-def _family_cases():
+def _family_cases(device="cpu"):
     """(name, fastgenloss call, oracle call): the oracle is torch's own loss where one exists
     (its autocast policy applies), else the reference computed as the loss's documented
     float32 arithmetic."""
     g = torch.Generator().manual_seed(1)
-    lab = torch.randint(0, 3, (2, 8, 8), generator=g)
-    t = torch.randint(0, TIMESTEPS, (2,), generator=g)
-    ac = torch.linspace(0.9999, 0.01, TIMESTEPS)
+    lab = torch.randint(0, 3, (2, 8, 8), generator=g).to(device)
+    t = torch.randint(0, TIMESTEPS, (2,), generator=g).to(device)
+    ac = torch.linspace(0.9999, 0.01, TIMESTEPS).to(device)
     yield ("mse_loss", lambda x, y: fgl.mse_loss(x, y), lambda x, y: F.mse_loss(x, y))
     yield ("huber_loss", lambda x, y: fgl.huber_loss(x, y), lambda x, y: F.huber_loss(x, y))
     yield ("pixel_loss none", lambda x, y: fgl.l1_loss(x, y, reduction="none"),
@@ -116,6 +116,33 @@ def test_cpu_autocast_every_family(case, target_dtype):
     if ty is not None:
         assert gy.dtype == target_dtype
         torch.testing.assert_close(gy, ty, **_tol(target_dtype))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", list(_family_cases()), ids=lambda c: c[0])
+@pytest.mark.parametrize("amp_dtype", [F16, BF16], ids=str)
+def test_cuda_autocast_training_step(case, amp_dtype):
+    """A CUDA AMP step: a conv's half-precision output against a float32 target under
+    autocast, float16 with torch.amp.GradScaler; the loss is float32 and the weight gradient
+    matches the oracle's."""
+    name = case[0]
+    _, ours_fn, oracle_fn = next(c for c in _family_cases("cuda") if c[0] == name)
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    y = torch.randn(2, 3, 8, 8, device="cuda")
+    grads = []
+    for fn in (ours_fn, oracle_fn):
+        torch.manual_seed(9)
+        model = torch.nn.Conv2d(3, 3, 1).cuda()
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == F16)
+        with torch.autocast("cuda", dtype=amp_dtype):
+            out = model(x)
+            assert out.dtype == amp_dtype
+            loss = fn(out, y)
+        assert loss.dtype == F32
+        scaler.scale(loss.sum()).backward()
+        grads.append(model.weight.grad / scaler.get_scale())
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-3)
 
 
 def test_autocast_on_another_device_type_changes_nothing():
