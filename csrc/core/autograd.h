@@ -41,13 +41,37 @@ inline bool plain_tensor(const at::Tensor& t) {
   return !t.key_set().has_any(wrapped);
 }
 
-// A backward Node of a fastgenloss op, with the one tensor a forward may donate to its first
-// backward (a gradient it wrote, to be scaled in place: peak memory stays at one gradient).
-// Held outside SavedVariable: it has no history, and nothing else refers to it.
+// A backward Node of a fastgenloss op, holding the gradient a forward may write (for
+// grad_output = 1) for its backward to scale.
 struct LossNode : torch::autograd::Node {
-  at::Tensor donated;
+  // Eager: the buffer is donated to the first backward, which scales it in place (peak memory
+  // stays at one gradient); held outside SavedVariable (it has no history, and nothing else
+  // refers to it). Traced or wrapped (torch.compile, torch.func): saved, scaled out of place.
+  void hold_grad_buffer(const at::Tensor& grad) {
+    if (plain_tensor(grad)) {
+      donated_ = grad;
+    } else {
+      buffer_ = SavedVariable(grad, false);
+    }
+  }
 
-  at::Tensor take_donated() { return std::exchange(donated, at::Tensor()); }
+  // The buffer and whether it may be scaled in place: the donated one in a first-order first
+  // backward; a second backward (retain_graph) or a double backward finds none (undefined: the
+  // caller recomputes through its backward op, which rounds the same way) unless it was saved.
+  std::pair<at::Tensor, bool> take_grad_buffer() {
+    at::Tensor donated = std::exchange(donated_, at::Tensor());
+    if (donated.defined() && !at::GradMode::is_enabled()) return {donated, true};
+    return {buffer_.unpack(), false};
+  }
+
+  void release_grad_buffer() {
+    buffer_.reset_data();
+    donated_ = at::Tensor();
+  }
+
+ private:
+  at::Tensor donated_;
+  SavedVariable buffer_;
 };
 
 // The op's Node when this call must record one (grad mode on and an input requiring grad; its

@@ -31,12 +31,12 @@ struct DiffusionFwdBackward final : LossNode {
   std::string name() const override { return "DiffusionFwdBackward"; }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto* v : {&f_, &x_, &e_, &t_, &table_, &weight_, &sample_loss_, &buf_}) v->reset_data();
-    donated = Tensor();
+    for (auto* v : {&f_, &x_, &e_, &t_, &table_, &weight_, &sample_loss_}) v->reset_data();
+    release_grad_buffer();
   }
   variable_list apply(variable_list&& grads) override;
 
-  SavedVariable f_, x_, e_, t_, table_, weight_, sample_loss_, buf_;
+  SavedVariable f_, x_, e_, t_, table_, weight_, sample_loss_;
   int64_t schedule = 0, prediction = 0, weighting = 0, loss_type = 0, reduction = 0;
   double snr_gamma = 0, huber_c = 0, sigma_data = 0;
 };
@@ -45,7 +45,7 @@ variable_list DiffusionFwdBackward::apply(variable_list&& grads) {
   std::lock_guard<std::mutex> lock(mutex_);
   const Tensor& grad_loss = grads[0];
   variable_list out(6);
-  Tensor donated_buf = take_donated();
+  const auto [buf, in_place] = take_grad_buffer();
   if (!grad_loss.defined()) return out;
   const bool need_f = task_should_compute_output(0);
   const bool need_x = task_should_compute_output(1);
@@ -53,8 +53,6 @@ variable_list DiffusionFwdBackward::apply(variable_list&& grads) {
   const Tensor weight = weight_.unpack();
   const bool need_w = weight.defined() && task_should_compute_output(5);
 
-  const bool in_place = donated_buf.defined() && !at::GradMode::is_enabled();
-  const Tensor buf = in_place ? donated_buf : buf_.unpack();
   Tensor gf, gx, ge;
   if (buf.defined() && need_f) gf = scaled_grad(buf, grad_loss, in_place);
   const bool op_f = need_f && !gf.defined();
@@ -109,13 +107,7 @@ std::tuple<Tensor, Tensor, Tensor> diffusion_fwd_autograd(
       node->sample_loss_ = SavedVariable(sample_loss, false);  // no history: not an output edge
     }
     record_outputs(node, {loss});  // sample_loss and grad are not differentiable
-    if (write_grad && reduction != kReduceNone) {
-      if (plain_tensor(grad)) {
-        node->donated = grad;
-      } else {
-        node->buf_ = SavedVariable(grad, false);
-      }
-    }
+    if (write_grad && reduction != kReduceNone) node->hold_grad_buffer(grad);
   }
   return {loss, sample_loss, grad};
 }

@@ -101,12 +101,11 @@ struct PixelFwdBackward final : LossNode {
     weight_.reset_data();
     loss_.reset_data();
     wsum_.reset_data();
-    buf_.reset_data();
-    donated = Tensor();
+    release_grad_buffer();
   }
   variable_list apply(variable_list&& grads) override;
 
-  SavedVariable input_, target_, weight_, loss_, wsum_, buf_;
+  SavedVariable input_, target_, weight_, loss_, wsum_;
   double p[8] = {};  // l1, mse, charbonnier, huber, smooth_l1, eps, delta, beta
   int64_t reduction = 0;
   bool has_weight = false;
@@ -120,7 +119,7 @@ variable_list PixelFwdBackward::apply(variable_list&& grads) {
   const bool need_target = task_should_compute_output(1);
   const bool need_weight = has_weight && task_should_compute_output(2);
   variable_list out(3);
-  Tensor donated_buf = take_donated();
+  const auto [buf, in_place] = take_grad_buffer();
   const Tensor weight = has_weight ? weight_.unpack() : Tensor();
   const Tensor wsum = wsum_.unpack(getptr());
 
@@ -134,10 +133,6 @@ variable_list PixelFwdBackward::apply(variable_list&& grads) {
   }
   const bool need_diff = need_input || need_target;
   Tensor grad_diff;  // d loss / d input; d / d target is its negation
-  // A second backward (retain_graph=True) or a double backward (create_graph=True)
-  // recomputes through pixel_bwd instead; it rounds the same way, so the bits agree.
-  const bool in_place = donated_buf.defined() && !at::GradMode::is_enabled();
-  const Tensor buf = in_place ? donated_buf : buf_.unpack();
   if (buf.defined() && need_diff) {
     Tensor scale = grad_loss;
     if (weighted_mean(reduction)) {
@@ -200,14 +195,7 @@ std::tuple<Tensor, Tensor, Tensor> pixel_fwd_autograd(
     // a reduction="none" output is never kept alive for backward.
     if (weighted_mean(reduction)) node->loss_ = SavedVariable(loss, true);
     node->wsum_ = SavedVariable(wsum, true);
-    if (write_grad && reduction != kReduceNone) {
-      // Eager: donated to the first backward. Traced or wrapped: saved, scaled out of place.
-      if (plain_tensor(grad)) {
-        node->donated = grad;
-      } else {
-        node->buf_ = SavedVariable(grad, false);
-      }
-    }
+    if (write_grad && reduction != kReduceNone) node->hold_grad_buffer(grad);
   }
   return {loss, grad, wsum};
 }
