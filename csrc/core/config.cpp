@@ -8,8 +8,9 @@ namespace fastgenloss {
 
 namespace {
 constexpr int kSwitches = static_cast<int>(Switch::kCount);
-constexpr const char* kNames[kSwitches] = {"cpu_huge_pages", "gram_cuda_kernel", "cuda_blocks_per_sm"};
-std::atomic<int64_t> g_values[kSwitches] = {1, 0, 4};
+constexpr const char* kNames[kSwitches] = {"cpu_huge_pages", "gram_cuda_kernel",
+                                           "cuda_blocks_per_sm", "lovasz_cpu_kernel"};
+std::atomic<int64_t> g_values[kSwitches] = {1, 0, 4, 1};
 }  // namespace
 
 const char* switch_name(int index) {

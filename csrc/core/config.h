@@ -11,7 +11,8 @@ enum class Switch : int {
   kCpuHugePages = 0,    // advise fresh CPU outputs of >= 32 MiB for huge pages (host_memory.h)
   kGramCudaKernel = 1,  // the hand-written CUDA Gram kernel instead of cuBLAS (experimental)
   kCudaBlocksPerSm = 2, // blocks per SM of the reducing CUDA grids (1..32)
-  kCount = 3,
+  kLovaszCpuKernel = 3, // the Lovász losses' radix-sort CPU kernel (else the ATen path)
+  kCount = 4,
 };
 
 // The switch's name in fastgenloss.config, or nullptr for an unknown index.

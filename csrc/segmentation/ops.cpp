@@ -34,6 +34,15 @@ TORCH_LIBRARY_FRAGMENT(fastgenloss, m) {
       "seg_combine(Tensor stats, Tensor xent, float[] overlap, float bce, float count, "
       "float focal, bool binary, bool per_image, bool sum, bool log_loss, float smooth, "
       "float eps, Tensor? class_weights=None) -> Tensor");
+  // the Lovász losses (lovasz.cpp, the math of lovasz.h): kind 0 the hinge over logits
+  // [N, C, M] and a target of their shape (binary / multilabel), 1 the softmax per class with
+  // int64 labels [N, M] (multiclass); -> (loss, d loss / d input for grad_output = 1 when
+  // write_grad, else [0]); lovasz_bwd scales that gradient (input: the logits, for autograd's
+  // graph only)
+  m.def(
+      "lovasz_fwd(Tensor input, Tensor target, int kind, bool per_image, bool has_ignore, "
+      "int ignore_index, bool write_grad) -> (Tensor, Tensor)");
+  m.def("lovasz_bwd(Tensor grad_output, Tensor grad, Tensor input) -> Tensor");
   m.def(
       "seg_combine_bwd(Tensor grad, Tensor stats, Tensor xent, float[] overlap, float bce, "
       "float count, float focal, bool binary, bool per_image, bool sum, bool log_loss, "

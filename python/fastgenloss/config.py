@@ -67,6 +67,9 @@ SWITCHES = {s.name: s for s in (
            "FASTGENLOSS_CPU_HUGE_PAGES=0 turns it off"),
     Switch("cuda_blocks_per_sm", "FASTGENLOSS_BLOCKS_PER_SM", 4, _blocks_per_sm, True, False,
            "blocks per SM of the reducing CUDA grids (1..32; anything else means 4), for tuning"),
+    Switch("lovasz_cpu_kernel", "FASTGENLOSS_LOVASZ_CPU_KERNEL", True, _flag_on_unless_0, True,
+           False, "the Lovász losses on the CPU through the radix-sort kernel (else the ATen "
+           "path CUDA takes); FASTGENLOSS_LOVASZ_CPU_KERNEL=0 turns it off"),
 )}
 
 # The kernels behind these switches have not been validated on a GPU: off by default.

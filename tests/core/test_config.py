@@ -15,7 +15,7 @@ from fastgenloss import _C, config
 
 def test_every_switch_has_a_default_and_is_documented():
     assert set(config.SWITCHES) == {"seg_cuda_kernel", "seg_cuda_combine", "gram_cuda_kernel",
-                                    "cpu_huge_pages", "cuda_blocks_per_sm"}
+                                    "cpu_huge_pages", "cuda_blocks_per_sm", "lovasz_cpu_kernel"}
     for name, s in config.SWITCHES.items():
         assert s.env.startswith("FASTGENLOSS_") and s.doc, name
     assert set(config.EXPERIMENTAL) == {"seg_cuda_combine", "gram_cuda_kernel"}
@@ -35,9 +35,9 @@ def test_defaults_without_environment():
     import json
     assert json.loads(out[0]) == {"seg_cuda_kernel": True, "seg_cuda_combine": False,
                                   "gram_cuda_kernel": False, "cpu_huge_pages": True,
-                                  "cuda_blocks_per_sm": 4}
+                                  "cuda_blocks_per_sm": 4, "lovasz_cpu_kernel": True}
     assert json.loads(out[1]) == {"cpu_huge_pages": 1, "gram_cuda_kernel": 0,
-                                  "cuda_blocks_per_sm": 4}
+                                  "cuda_blocks_per_sm": 4, "lovasz_cpu_kernel": 1}
 
 
 @pytest.mark.parametrize("env,want", [
@@ -50,6 +50,7 @@ def test_defaults_without_environment():
     ({"FASTGENLOSS_BLOCKS_PER_SM": "8"}, ("cuda_blocks_per_sm", 8)),
     ({"FASTGENLOSS_BLOCKS_PER_SM": "99"}, ("cuda_blocks_per_sm", 4)),
     ({"FASTGENLOSS_BLOCKS_PER_SM": "x"}, ("cuda_blocks_per_sm", 4)),
+    ({"FASTGENLOSS_LOVASZ_CPU_KERNEL": "0"}, ("lovasz_cpu_kernel", False)),
 ])
 def test_environment_is_read_at_import(env, want):
     name, value = want

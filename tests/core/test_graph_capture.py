@@ -52,6 +52,7 @@ def _cases(device=META):
     yield "style_loss", lambda a: fgl.style_loss(a, y)
     yield "contextual_loss", lambda a: fgl.contextual_loss(a, y)
     yield "nn.DiceLoss", lambda a: fnn.DiceLoss("multiclass")(a, lab)
+    yield "mcc_loss", lambda a: fgl.mcc_loss(a[:, :1], multi[:, :1], from_logits=True)
 
 
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])

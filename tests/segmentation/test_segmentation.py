@@ -266,12 +266,13 @@ def test_modules_are_drop_in_for_smp(device):
     (lambda x, t: (x, t, "multi"), "mode must be one of"),
     (lambda x, t: (x, t.clamp(max=3) + 3, "multiclass"), r"labels must be in \[0, 5\)"),
     (lambda x, t: (x, t - 1, "multiclass"), r"labels must be in \[0, 5\), got -1"),
-    (lambda x, t: (x, t[:, :-1], "multiclass"), r"labels must be \[N, \*spatial\]"),
+    (lambda x, t: (x, t[:, :-1], "multiclass"), r"one label per position, \[N, \*spatial\]"),
     (lambda x, t: (x[:, :1], t * 0, "multiclass"), "needs C >= 2"),
-    (lambda x, t: (x, t, "binary"), "one channel"),
+    (lambda x, t: (x, t, "binary"), r"target must have \[N, \*\]"),
     (lambda x, t: (x.detach().long(), t, "multiclass"), "floating-point logits"),
     (lambda x, t: (x, t.float()[:, :2], "multilabel"), "input's shape"),
-    (lambda x, t: (x[0, 0], t, "multiclass"), r"\[N, C, \*spatial\]"),
+    (lambda x, t: (x[0, 0], t, "multiclass"), "must have input's batch dim 4"),
+    (lambda x, t: (x[0, 0, 0], t, "multiclass"), r"\[N, C, \*spatial\]"),
 ])
 def test_errors_name_the_argument(make_args, match):
     x, t = make("multiclass", (4, 4))

@@ -67,6 +67,23 @@ def _seg_labels_fake(target, num_classes, has_ignore, ignore_index):
     return torch.empty_like(target, dtype=torch.long, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("fastgenloss::lovasz_fwd")
+def _lovasz_fwd_fake(input, target, kind, per_image, has_ignore, ignore_index, write_grad):
+    grad = (torch.empty_like(input, memory_format=torch.contiguous_format) if write_grad
+            else input.new_empty((0,)))
+    return input.new_empty((), dtype=acc_dtype(input.dtype)), grad
+
+
+@torch.library.register_fake("fastgenloss::lovasz_bwd")
+def _lovasz_bwd_fake(grad_output, grad, input):
+    return torch.empty_like(grad)
+
+
+# lovasz_fwd's autograd is C++ (csrc/segmentation/lovasz.cpp); lovasz_bwd is differentiated no
+# further.
+LOVASZ_HINGE, LOVASZ_SOFTMAX = range(2)
+
+
 @torch.library.register_fake("fastgenloss::seg_combine")
 def _seg_combine_fake(stats, xent, overlap, bce, count, focal, binary, per_image, sum, log_loss,
                       smooth, eps, class_weights=None):

@@ -21,41 +21,52 @@ _INT_LABELS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _check(fn: str, input: Tensor, target: Tensor, mode: str):
-    """-> (input as [N, C, M], target as [N, M] labels or [N, C, M], mode code, labels?)."""
+    """-> (input as [N, C, M], target as [N, M] labels or [N, C, M], mode code, labels?).
+
+    smp's shape rules: logits [N, C, *spatial] with any number of spatial dims (none: a
+    classifier batch [N, C]); binary logits [N, *] (smp's view(N, 1, -1): everything after the
+    batch dim is one class); the target viewed as [N, -1] (labels) or [N, C, -1] (masks), so any
+    shape with the batch dim and the right element count is accepted, as smp accepts it."""
     if mode not in MODES:
         raise ValueError(f"{fn}: mode must be one of {sorted(MODES)}, got {mode!r}")
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         raise TypeError(f"{fn}: input and target must be tensors")
     if not input.is_floating_point():
         raise TypeError(f"{fn}: input must be floating-point logits, got {desc(input)}")
-    if input.dim() < 3:
-        raise ValueError(f"{fn}: input must be [N, C, *spatial] (2D or 3D), got {desc(input)}")
     if target.device != input.device:
         raise ValueError(f"{fn}: target is on {target.device} but input is on {input.device}")
-    n, c = input.shape[0], input.shape[1]
-    spatial = tuple(input.shape[2:])
-    if mode == "binary" and c != 1:
-        raise ValueError(f"{fn}: mode='binary' takes one channel [N, 1, *spatial], got "
-                         f"{desc(input)} (use 'multilabel' for several)")
+    if mode == "binary":
+        if input.dim() < 1:
+            raise ValueError(f"{fn}: mode='binary' takes logits [N, *], got {desc(input)}")
+        n, c = input.shape[0], 1
+    else:
+        if input.dim() < 2:
+            raise ValueError(f"{fn}: mode={mode!r} takes logits [N, C, *spatial], got "
+                             f"{desc(input)}")
+        n, c = input.shape[0], input.shape[1]
     if mode == "multiclass" and c < 2:
         raise ValueError(f"{fn}: mode='multiclass' needs C >= 2 classes, got {desc(input)} "
                          "(use mode='binary' for one channel)")
-    m = math.prod(spatial)
+    m = input.numel() // (n * c) if n * c else math.prod(input.shape[2:] if mode != "binary"
+                                                       else input.shape[1:])
+    if target.dim() < 1 or target.shape[0] != n:
+        raise ValueError(f"{fn}: target {desc(target)} must have input's batch dim {n} "
+                         f"(input {desc(input)})")
     if mode == "multiclass" and target.dtype in _INT_LABELS:
-        if tuple(target.shape) != (n, *spatial):
-            raise ValueError(f"{fn}: multiclass labels must be [N, *spatial] = {[n, *spatial]}, "
-                             f"got target {desc(target)} for input {desc(input)}")
+        if target.numel() != n * m:
+            raise ValueError(f"{fn}: multiclass labels must hold one label per position, "
+                             f"[N, *spatial] = {[n, *input.shape[2:]]}, got target "
+                             f"{desc(target)} for input {desc(input)}")
         return _class_rows(input, n, c, m), target.reshape(n, m), MODES[mode], True
     x = input.reshape(n, c, m)
     if target.dtype == torch.bool or target.dtype in _INT_LABELS and mode != "multiclass":
         target = target.to(input.dtype)
     if not target.is_floating_point():
         raise TypeError(f"{fn}: target must be integer labels or a float mask, got {desc(target)}")
-    if mode == "binary" and tuple(target.shape) == (n, *spatial):
-        target = target.unsqueeze(1)
-    if target.shape != input.shape:
-        raise ValueError(f"{fn}: target must have the input's shape {list(input.shape)} "
-                         f"(or be integer labels in multiclass mode), got {desc(target)}")
+    if target.numel() != n * c * m:
+        expected = "[N, *]" if mode == "binary" else "the input's shape"
+        raise ValueError(f"{fn}: target must have {expected} {list(input.shape)} (or be integer "
+                         f"labels in multiclass mode), got {desc(target)}")
     return x, target.reshape(n, c, m), MODES[mode], False
 
 

@@ -38,16 +38,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._core import call_op
+from .._core import call_op, desc
 from . import _torch
-from ._ops import SegCombineFunction
+from ._ops import LOVASZ_HINGE, LOVASZ_SOFTMAX, SegCombineFunction
 from ._stats import (_aggregate, _check, _check_common, _check_smoothing, _check_weight_sums,
                      _class_index, _combine_enabled, _focal_from_stats, _from_stats,
                      _global_sums, _weighted_sums, seg_stats)
 from ._torch import power
 
-__all__ = ["dice_loss", "focal_loss", "iou_loss", "jaccard_loss", "segmentation_loss",
-           "tversky_loss"]
+__all__ = ["dice_loss", "focal_loss", "iou_loss", "jaccard_loss", "lovasz_loss", "mcc_loss",
+           "segmentation_loss", "tversky_loss"]
 
 
 def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
@@ -256,3 +256,81 @@ def focal_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
                              focal_gamma=gamma, from_logits=from_logits, eps=eps,
                              ignore_index=ignore_index, class_weights=class_weights,
                              reduction=reduction, process_group=process_group, _fn=fn)
+
+
+def mcc_loss(input: Tensor, target: Tensor, mode: str = "binary", *, eps: float = 1e-5,
+             from_logits: bool = False) -> Tensor:
+    """segmentation_models_pytorch.losses.MCCLoss: 1 - the Matthews correlation coefficient of
+    the whole batch, binary mode (as smp's, which supports no other),
+
+        MCC = (TP TN - FP FN) / sqrt((TP + FP)(TP + FN)(TN + FP)(TN + FN)),
+
+    each count summed over every element plus ``eps``. ``input`` holds probabilities, as smp's
+    takes them (``from_logits=True`` applies the sigmoid first, in the kernel); ``target`` the
+    0/1 mask, any shape with the input's element count (smp's view(N, 1, -1)). The counts come
+    from the statistics pass every segmentation loss uses (P = sum p, T = sum t, A = sum |p - t|:
+    TP = (P + T - A) / 2, FP = P - TP, FN = T - TP, TN = count - P - T + TP), exact for 0/1
+    targets; soft targets are not an MCC."""
+    fn = "mcc_loss"
+    if mode != "binary":
+        raise ValueError(f"{fn}: mode must be 'binary' (as smp's MCCLoss), got {mode!r}")
+    if not eps >= 0:
+        raise ValueError(f"{fn}: eps must be >= 0, got {eps}")
+    x, t, _, _ = _check(fn, input, target, mode)
+    count = x.numel()
+    if from_logits:  # the statistics kernel: P, T and A = sum |p - t| in one pass
+        stats, _ = seg_stats(input, target, mode=mode, from_logits=True, fn=fn)
+        p, t_sum, a = stats.sum((0, 1)).unbind()
+        tp = (p + t_sum - a) * 0.5
+    else:  # probabilities: three reductions, TP = sum p t exactly (soft targets too)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        pf, tf = x.reshape(-1), t.reshape(-1).to(x.dtype)
+        p, t_sum = pf.sum(dtype=acc), tf.sum(dtype=acc)
+        tp = torch.dot(pf, tf).to(acc) if x.dtype == acc else (pf.to(acc) * tf.to(acc)).sum()
+    fp, fn_ = p - tp, t_sum - tp
+    tn = (count - p - t_sum + tp) + eps
+    tp, fp, fn_ = tp + eps, fp + eps, fn_ + eps
+    mcc = (tp * tn - fp * fn_) / torch.sqrt((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_))
+    return 1.0 - mcc
+
+
+def lovasz_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *,
+                per_image: bool = False, ignore_index: int | None = None,
+                from_logits: bool = True) -> Tensor:
+    """segmentation_models_pytorch.losses.LovaszLoss: the Lovász-softmax (multiclass: softmax
+    over channels, integer labels, the mean over the classes present in the labels, smp's
+    classes="present") or the Lovász hinge (binary and multilabel: every element of the batch
+    pooled, as smp's), over the batch or, with ``per_image``, averaged over images.
+    ``ignore_index`` elements take no part.
+
+    One op: the errors are sorted per class with a radix sort (stable: tied errors keep their
+    element order, so the gradient is deterministic; the loss does not depend on the order of
+    ties) and the Lovász extension's gradient comes out of the same walk; backward scales it.
+    Memory beyond the gradient: 16 bytes per element of one class (24 for float64) per thread,
+    plus a float [N, C, M] scratch for half-precision input. ``from_logits=False`` (multiclass)
+    takes probabilities (smp ignores the argument and always applies the softmax); the hinge
+    takes logits only."""
+    fn = "lovasz_loss"
+    if not from_logits and mode != "multiclass":
+        raise ValueError(f"{fn}: the Lovász hinge (mode={mode!r}) takes logits; "
+                         "from_logits=False is for mode='multiclass'")
+    x, t, _, labels = _check(fn, input, target, mode)
+    has_ignore = ignore_index is not None
+    ig = int(ignore_index) if has_ignore else 0
+    if has_ignore and float(ig) != float(ignore_index):
+        raise ValueError(f"{fn}: ignore_index must be an integer, got {ignore_index!r}")
+    if mode == "multiclass":
+        if not labels:
+            raise ValueError(f"{fn}: mode='multiclass' takes integer labels [N, *spatial], got "
+                             f"{desc(target)}")
+        if not from_logits:  # probabilities: their log gives the same softmax
+            x = x.clamp_min(torch.finfo(x.dtype).tiny).log()
+        kind, t = LOVASZ_SOFTMAX, t.long()
+        x = x.contiguous()
+    else:
+        kind = LOVASZ_HINGE
+        t = t.to(x.dtype)
+    needs_grad = x.requires_grad and torch.is_grad_enabled()
+    args = (x, t, kind, bool(per_image), has_ignore, ig, needs_grad)
+    loss, _ = call_op(torch.ops.fastgenloss.lovasz_fwd.default, None, args, needs_grad)
+    return loss

@@ -9,8 +9,8 @@ from . import _torch
 from . import functional
 from ._stats import _check_smoothing
 
-__all__ = ["DiceLoss", "FocalLoss", "JaccardLoss", "SegmentationLoss", "SoftBCEWithLogitsLoss",
-           "SoftCrossEntropyLoss", "TverskyLoss"]
+__all__ = ["DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "MCCLoss", "SegmentationLoss",
+           "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss", "TverskyLoss"]
 
 
 class _SegLoss(torch.nn.Module):
@@ -57,6 +57,42 @@ class TverskyLoss(_SegLoss):
         super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps,
                          class_weights, per_image=per_image, process_group=process_group,
                          alpha=alpha, beta=beta, gamma=gamma)
+
+
+class LovaszLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.LovaszLoss, same arguments: the Lovász-softmax
+    (multiclass) or the Lovász hinge (binary, multilabel). See fastgenloss.lovasz_loss."""
+
+    def __init__(self, mode: str, per_image: bool = False, ignore_index: int | None = None,
+                 from_logits: bool = True):
+        super().__init__()
+        self.mode, self.per_image = mode, per_image
+        self.ignore_index, self.from_logits = ignore_index, from_logits
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return functional.lovasz_loss(y_pred, y_true, self.mode, per_image=self.per_image,
+                                      ignore_index=self.ignore_index,
+                                      from_logits=self.from_logits)
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, per_image={self.per_image}, "
+                f"ignore_index={self.ignore_index}, from_logits={self.from_logits}")
+
+
+class MCCLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.MCCLoss, same argument: 1 - MCC of the batch, on
+    probabilities (binary); ``from_logits=True`` (an extension) takes logits instead. See
+    fastgenloss.mcc_loss."""
+
+    def __init__(self, eps: float = 1e-5, *, from_logits: bool = False):
+        super().__init__()
+        self.eps, self.from_logits = eps, from_logits
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return functional.mcc_loss(y_pred, y_true, eps=self.eps, from_logits=self.from_logits)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, from_logits={self.from_logits}"
 
 
 class FocalLoss(torch.nn.Module):

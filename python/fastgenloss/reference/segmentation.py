@@ -1,6 +1,4 @@
-"""Every fastgenloss loss in plain PyTorch: the oracle of the tests and the baseline of the
-benchmarks. Written the way a user would write it (torch's fused ATen losses where torch has
-them), not as a strawman; call it on float64 inputs for a high-precision reference."""
+"""The segmentation losses in plain PyTorch, by segmentation_models_pytorch's conventions."""
 
 from __future__ import annotations
 
@@ -8,310 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["add_noise", "bce_loss", "charbonnier_loss", "dice_loss", "diffusion_loss", "edm_loss",
-           "edm_noise", "flow_matching_loss", "flow_noise", "focal_loss", "gram_matrix",
-           "huber_loss", "jaccard_loss", "l1_loss", "mse_loss", "pixel_loss", "seg_stats",
-           "segmentation_loss", "smooth_l1_loss", "snr", "soft_bce_with_logits",
-           "soft_cross_entropy_none", "style_loss", "tversky_loss", "velocity"]
-
-
-def _reduce(loss: Tensor, reduction: str, weight: Tensor | None, by_weight: bool,
-            nan_if_no_weight: bool = True) -> Tensor:
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if weight is not None and by_weight:
-        wsum = weight.expand_as(loss).sum()
-        total = loss.sum()
-        if nan_if_no_weight:
-            return total / wsum
-        return torch.where(wsum == 0, torch.zeros_like(total), total / wsum)
-    return loss.mean()
-
-
-def _weighted(loss: Tensor, weight: Tensor | None) -> Tensor:
-    return loss if weight is None else loss * weight.to(loss.dtype)
-
-
-def l1_loss(input, target, reduction="mean", weight=None):
-    """torch's l1_loss; with a weight, mean = sum(w|d|)/sum(w), as torch."""
-    if weight is None:
-        return F.l1_loss(input, target, reduction=reduction)
-    w = weight.to(input.dtype)
-    return _reduce(_weighted((input - target).abs(), w), reduction, w, by_weight=True)
-
-
-def mse_loss(input, target, reduction="mean", weight=None):
-    """torch's mse_loss; with a weight, mean = sum(w d^2)/sum(w), as torch."""
-    if weight is None:
-        return F.mse_loss(input, target, reduction=reduction)
-    w = weight.to(input.dtype)
-    return _reduce(_weighted((input - target) ** 2, w), reduction, w, by_weight=True)
-
-
-def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
-    """torch's huber_loss; with a weight, mean = sum(w l)/numel, as torch."""
-    if weight is None:
-        return F.huber_loss(input, target, reduction=reduction, delta=delta)
-    loss = F.huber_loss(input, target, reduction="none", delta=delta)
-    return _reduce(_weighted(loss, weight), reduction, None, by_weight=False)
-
-
-def smooth_l1_loss(input, target, reduction="mean", beta=1.0, weight=None):
-    """torch's smooth_l1_loss; a weight (our extension) reduces like huber's."""
-    if weight is None:
-        return F.smooth_l1_loss(input, target, reduction=reduction, beta=beta)
-    loss = F.smooth_l1_loss(input, target, reduction="none", beta=beta)
-    return _reduce(_weighted(loss, weight), reduction, None, by_weight=False)
-
-
-def charbonnier_loss(input, target, eps=1e-3, weight=None, reduction="mean", masked_mean=False):
-    loss = torch.sqrt((input - target) ** 2 + eps * eps)
-    return _reduce(_weighted(loss, weight), reduction, weight, by_weight=masked_mean,
-                   nan_if_no_weight=False)
-
-
-def pixel_loss(input, target, *, l1=1.0, mse=0.0, charbonnier=0.0, huber=0.0, smooth_l1=0.0,
-               eps=1e-3, delta=1.0, beta=1.0, weight=None, reduction="mean", masked_mean=False):
-    """The weighted sum of the separate losses. Unweighted, each term keeps its own fused
-    torch kernel and reduction (what a user writes: ``F.l1_loss(x, y) + F.mse_loss(x, y)``)."""
-    if weight is None:
-        total = None
-        for coef, term in (
-            (l1, lambda: F.l1_loss(input, target, reduction=reduction)),
-            (mse, lambda: F.mse_loss(input, target, reduction=reduction)),
-            (charbonnier, lambda: charbonnier_loss(input, target, eps, reduction=reduction)),
-            (huber, lambda: F.huber_loss(input, target, reduction=reduction, delta=delta)),
-            (smooth_l1, lambda: F.smooth_l1_loss(input, target, reduction=reduction, beta=beta)),
-        ):
-            if coef:
-                t = coef * term()
-                total = t if total is None else total + t
-        return total
-    loss = None
-    for coef, term in (
-        (l1, lambda: (input - target).abs()),
-        (mse, lambda: (input - target) ** 2),
-        (charbonnier, lambda: torch.sqrt((input - target) ** 2 + eps * eps)),
-        (huber, lambda: F.huber_loss(input, target, reduction="none", delta=delta)),
-        (smooth_l1, lambda: F.smooth_l1_loss(input, target, reduction="none", beta=beta)),
-    ):
-        if coef:
-            t = coef * term()
-            loss = t if loss is None else loss + t
-    w = weight.to(input.dtype)
-    return _reduce(loss * w, reduction, w, by_weight=masked_mean, nan_if_no_weight=False)
-
-
-# ---- diffusion ------------------------------------------------------------------------------
-# Written as diffusers' training scripts write it (DDPMScheduler.add_noise / get_velocity,
-# training_utils.compute_snr, the min-SNR weights of train_text_to_image.py, the SD3 script's
-# flow-matching loss, EDMEulerScheduler's preconditioning): gather, broadcast, materialize the
-# target, elementwise loss, per-sample mean, weight, mean. Differences from the scripts, where
-# they are wrong: min(SNR, gamma) / SNR is written to be 1 (its limit) at SNR = 0 instead of
-# 0/0; float64 data stays float64 (the scripts' .float() would round it).
-
-
-def _acc(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
-def _alpha_bar(timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor) -> Tensor:
-    return alphas_cumprod.to(like.device)[timesteps.to(like.device)]
-
-
-def add_noise(sample: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    ab = _alpha_bar(timesteps, alphas_cumprod, sample).to(sample.dtype)
-    return _bcast(ab ** 0.5, sample) * sample + _bcast((1 - ab) ** 0.5, sample) * noise
-
-
-def velocity(sample: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    ab = _alpha_bar(timesteps, alphas_cumprod, sample).to(sample.dtype)
-    return _bcast(ab ** 0.5, sample) * noise - _bcast((1 - ab) ** 0.5, sample) * sample
-
-
-def flow_noise(sample: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
-    s = _bcast(sigmas.to(sample.device, sample.dtype), sample)
-    return (1.0 - s) * sample + s * noise
-
-
-def edm_noise(sample: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
-    return sample + noise * _bcast(sigmas.to(sample.device, sample.dtype), sample)
-
-
-def snr(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    ab = alphas_cumprod.to(timesteps.device)[timesteps]
-    return ((ab ** 0.5) / ((1.0 - ab) ** 0.5)) ** 2
-
-
-def _rho(r: Tensor, loss_type: str, huber_c: float) -> Tensor:
-    if loss_type == "l2":
-        return r * r
-    if loss_type == "l1":
-        return r.abs()
-    if loss_type == "huber":
-        return F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=huber_c)
-    return 2 * huber_c * (torch.sqrt(r * r + huber_c ** 2) - huber_c)
-
-
-def _finish(pred: Tensor, target: Tensor, weight, loss_type: str, huber_c: float,
-            reduction: str) -> Tensor:
-    acc = _acc(pred)
-    loss = _rho(pred.to(acc) - target.to(acc), loss_type, huber_c)
-    loss = loss.mean(dim=list(range(1, loss.dim()))) if loss.dim() > 1 else loss
-    if weight is not None:
-        loss = loss * weight.to(acc)
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.mean()
-
-
-def snr_weights(snr_t: Tensor, prediction_type: str, weighting: str, snr_gamma: float) -> Tensor:
-    """The per-sample weights of ``fastgenloss.diffusion_loss``'s SNR-based weightings."""
-    gamma = torch.full_like(snr_t, snr_gamma)
-    clipped = torch.stack([snr_t, gamma], dim=1).min(dim=1)[0]
-    # min(SNR, gamma) / SNR, with its limit 1 at SNR = 0
-    over_snr = torch.where(snr_t <= snr_gamma, torch.ones_like(snr_t), gamma / snr_t)
-    if weighting == "min_snr":
-        if prediction_type == "epsilon":
-            return over_snr
-        if prediction_type == "v_prediction":
-            return clipped / (snr_t + 1)
-        return clipped
-    if weighting == "min_snr_floored":
-        return over_snr + 1 if prediction_type == "v_prediction" else over_snr
-    if weighting == "snr":
-        return snr_t
-    if weighting == "inverse_snr":
-        return 1.0 / snr_t.clamp(min=1e-6)
-    raise ValueError(weighting)
-
-
-def diffusion_loss(model_output: Tensor, sample: Tensor, noise: Tensor, timesteps: Tensor,
-                   alphas_cumprod: Tensor, *, prediction_type: str = "epsilon", weighting=None,
-                   snr_gamma: float = 5.0, loss_type: str = "l2", huber_c: float = 0.1,
-                   reduction: str = "mean") -> Tensor:
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = velocity(sample, noise, timesteps, alphas_cumprod)
-    else:
-        target = sample
-    if isinstance(weighting, Tensor):
-        w = weighting.reshape(-1)
-    elif weighting is None:
-        w = None
-    else:
-        snr_t = snr(timesteps.to(model_output.device),
-                    alphas_cumprod.to(model_output.device, _acc(model_output)))
-        w = snr_weights(snr_t, prediction_type, weighting, snr_gamma)
-    return _finish(model_output, target, w, loss_type, huber_c, reduction)
-
-
-def sd3_weighting(sigmas: Tensor, weighting) -> Tensor | None:
-    """diffusers' training_utils.compute_loss_weighting_for_sd3, per sample."""
-    if weighting == "sigma_sqrt":
-        return sigmas ** -2.0
-    if weighting == "cosmap":
-        return 2 / (torch.pi * (1 - 2 * sigmas + 2 * sigmas ** 2))
-    return None
-
-
-def flow_matching_loss(model_output: Tensor, sample: Tensor, noise: Tensor, sigmas: Tensor, *,
-                       weighting=None, loss_type: str = "l2", huber_c: float = 0.1,
-                       reduction: str = "mean") -> Tensor:
-    s = sigmas.reshape(-1).to(model_output.device, _acc(model_output))
-    target = noise - sample
-    w = weighting.reshape(-1) if isinstance(weighting, Tensor) else sd3_weighting(s, weighting)
-    return _finish(model_output, target, w, loss_type, huber_c, reduction)
-
-
-def edm_loss(model_output: Tensor, sample: Tensor, noise: Tensor, sigmas: Tensor, *,
-             sigma_data: float = 0.5, prediction_type: str = "epsilon", weighting=None,
-             loss_type: str = "l2", huber_c: float = 0.1, reduction: str = "mean") -> Tensor:
-    acc = _acc(model_output)
-    s = sigmas.reshape(-1).to(model_output.device, acc)
-    noisy = edm_noise(sample.to(acc), noise.to(acc), s)
-    sb = _bcast(s, model_output)
-    c_skip = sigma_data ** 2 / (sb ** 2 + sigma_data ** 2)
-    c_out = sb * sigma_data / (sb ** 2 + sigma_data ** 2) ** 0.5
-    if prediction_type == "v_prediction":
-        c_out = -c_out
-    denoised = c_skip * noisy + c_out * model_output.to(acc)
-    if isinstance(weighting, Tensor):
-        w = weighting.reshape(-1)
-    elif weighting == "edm":
-        w = (s ** 2 + sigma_data ** 2) / (s * sigma_data) ** 2
-    elif weighting == "sigma_sqrt":
-        w = s ** -2.0
-    else:
-        w = None
-    return _finish(denoised, sample, w, loss_type, huber_c, reduction)
-
-
-# ---- style ------------------------------------------------------------------------------------
-# As style-transfer code writes it (and piq's StyleLoss): a batched matmul per layer, divided by
-# C*H*W, then the MSE between the Grams.
-
-
-def gram_matrix(features: Tensor, *, normalize: bool = True) -> Tensor:
-    n, c = features.shape[:2]
-    f = features.reshape(n, c, -1)
-    g = torch.bmm(f, f.transpose(1, 2))
-    return g / (c * f.shape[2]) if normalize and c * f.shape[2] > 0 else g
-
-
-def style_loss(input_features: Tensor, target_features_or_gram: Tensor, *,
-               reduction: str = "mean", target_is_gram: bool | None = None,
-               normalize: bool = True) -> Tensor:
-    gx = gram_matrix(input_features, normalize=normalize)
-    t = target_features_or_gram
-    if target_is_gram is None:
-        target_is_gram = t.shape != input_features.shape
-    gy = t if target_is_gram else gram_matrix(t, normalize=normalize)
-    # the MSE in float for half Grams (its value can exceed float16's range)
-    acc = torch.float64 if gx.dtype == torch.float64 else torch.float32
-    return F.mse_loss(gx.to(acc), gy.expand_as(gx).to(acc), reduction=reduction)
-
-
-def perceptual_loss(input: Tensor, target: Tensor, features, *, layer_weights, style_weights=None,
-                    criterion: str = "l1", style_grams=None) -> Tensor:
-    """The perceptual loss as piq's ContentLoss and StyleLoss compute it: ``features(x)`` gives
-    the list of layer activations; per layer the weighted distance of the features (l1 or mse,
-    mean) plus the weighted mse of their Gram matrices (from ``style_grams`` when given)."""
-    crit = {"l1": F.l1_loss, "mse": F.mse_loss}[criterion] if isinstance(criterion, str) \
-        else criterion
-    xs, ys = features(input), features(target)
-    style_weights = style_weights or [0.0] * len(xs)
-    total = input.new_zeros((), dtype=torch.float64 if input.dtype == torch.float64
-                            else torch.float32)
-    for k, (fx, fy) in enumerate(zip(xs, ys)):
-        if layer_weights[k]:
-            total = total + layer_weights[k] * crit(fx, fy)
-        if style_weights[k]:
-            g = style_grams[k] if style_grams is not None else gram_matrix(fy)
-            total = total + style_weights[k] * style_loss(fx, g, target_is_gram=True)
-    return total
-
-
-def contextual_loss(x_features: Tensor, y_features: Tensor, *, band_width: float = 0.5) -> Tensor:
-    """The contextual loss (Mechrez et al. 2018) as its common PyTorch port writes it."""
-    n, c = x_features.shape[:2]
-    y_mu = y_features.mean(dim=[0] + list(range(2, y_features.dim())), keepdim=True)
-    x = F.normalize(x_features - y_mu, p=2, dim=1).reshape(n, c, -1)
-    y = F.normalize(y_features - y_mu, p=2, dim=1).reshape(n, c, -1)
-    dist = 1 - torch.bmm(x.transpose(1, 2), y)
-    dist_min, _ = torch.min(dist, dim=2, keepdim=True)
-    dist_tilde = dist / (dist_min + 1e-5)
-    w = torch.exp((1 - dist_tilde) / band_width)
-    cx = w / torch.sum(w, dim=2, keepdim=True)
-    cx = torch.max(cx, dim=1)[0].mean(dim=1)
-    return torch.mean(-torch.log(cx + 1e-5))
+__all__ = ["SEG_MODES", "bce_loss", "dice_loss", "focal_loss", "jaccard_loss", "lovasz_loss", "mcc_loss", "power", "probability_logits", "seg_stats", "segmentation_loss", "soft_bce_with_logits", "soft_cross_entropy_none", "tversky_loss"]
 
 
 # ---- segmentation (issue 5): smp's conventions, in plain PyTorch -----------------------------
@@ -591,3 +286,60 @@ def segmentation_loss(input: Tensor, target: Tensor, *, mode: str, dice: float =
                                            from_logits=from_logits, eps=eps,
                                            class_weights=class_weights)
     return total
+
+
+def mcc_loss(input: Tensor, target: Tensor, *, eps: float = 1e-5) -> Tensor:
+    """smp's MCCLoss: 1 - MCC of the batch on probabilities, each count summed over every
+    element plus eps."""
+    p, t = input.reshape(-1), target.reshape(-1).to(input.dtype)
+    tp, tn = (p * t).sum() + eps, ((1 - p) * (1 - t)).sum() + eps
+    fp, fn = (p * (1 - t)).sum() + eps, ((1 - p) * t).sum() + eps
+    return 1.0 - (tp * tn - fp * fn) / torch.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+
+
+def _lovasz_grad(fg_sorted: Tensor) -> Tensor:
+    """The Lovász extension's gradient for foreground weights sorted by decreasing error."""
+    total = fg_sorted.sum()
+    jaccard = 1.0 - (total - fg_sorted.cumsum(0)) / (total + (1 - fg_sorted).cumsum(0))
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def _lovasz_flat(errors: Tensor, fg: Tensor, hinge: bool) -> Tensor:
+    # stable: tied errors keep their element order (the loss does not depend on it)
+    sorted_errors, perm = torch.sort(errors, descending=True, stable=True)
+    value = F.relu(sorted_errors) if hinge else sorted_errors
+    return torch.dot(value, _lovasz_grad(fg[perm]))
+
+
+def lovasz_loss(input: Tensor, target: Tensor, *, mode: str, per_image: bool = False,
+                ignore_index: int | None = None) -> Tensor:
+    """smp's LovaszLoss (Berman et al. 2018), any number of spatial dims and any float dtype:
+    the Lovász hinge over every element of the batch or of each image (binary, multilabel), the
+    Lovász-softmax per class present in the labels (multiclass), averaged over images with
+    per_image."""
+    n = input.shape[0]
+    groups = [(input[i:i + 1], target[i:i + 1]) for i in range(n)] if per_image \
+        else [(input, target)]
+    losses = []
+    for x, t in groups:
+        if mode == "multiclass":
+            c = x.shape[1]
+            p = x.softmax(1).movedim(1, -1).reshape(-1, c)
+            lab = t.reshape(-1)
+            if ignore_index is not None:
+                p, lab = p[lab != ignore_index], lab[lab != ignore_index]
+            terms = []
+            for k in range(c):
+                fg = (lab == k).to(p.dtype)
+                if fg.sum() > 0:
+                    terms.append(_lovasz_flat((fg - p[:, k]).abs(), fg, hinge=False))
+            losses.append(torch.stack(terms).mean() if terms else x.sum() * 0.0)
+        else:
+            z, lab = x.reshape(-1), t.reshape(-1).to(x.dtype)
+            if ignore_index is not None:
+                z, lab = z[lab != ignore_index], lab[lab != ignore_index]
+            if lab.numel() == 0:
+                losses.append(x.sum() * 0.0)
+                continue
+            losses.append(_lovasz_flat(1.0 - z * (2.0 * lab - 1.0), lab, hinge=True))
+    return torch.stack(losses).mean()
