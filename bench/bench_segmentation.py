@@ -194,3 +194,68 @@ def test_segmentation(benchmark, case, passes, impl, shape, dtype):
         _sync()
 
     benchmark.pedantic(bwd, setup=setup, rounds=10, warmup_rounds=1)
+
+
+# ---- MCC and Lovász: fwd+bwd, float32, against smp eager, smp under torch.compile and the
+# reference. Shapes: the (Lovász-softmax 8x19x256x256; hinge and MCC 16x1x512x512), or
+# FGL_BENCH_SEG's first shape (one channel for the binary ones).
+_EXTRA = {"lovasz softmax": "8x19x256x256", "lovasz hinge": "16x1x512x512",
+          "mcc": "16x1x512x512"}
+
+
+def _extra_shape(case):
+    env = os.environ.get("FGL_BENCH_SEG")
+    shape = SHAPES[0] if env else tuple(int(v) for v in _EXTRA[case].split("x"))
+    return shape if case == "lovasz softmax" else (shape[0], 1, *shape[2:])
+
+
+def _extra_fn(case, impl):
+    if impl in ("smp", "smp_compile"):
+        try:
+            import segmentation_models_pytorch.losses as L
+        except Exception:  # noqa: BLE001
+            pytest.skip("smp is not installed")
+        fn = {"lovasz softmax": L.LovaszLoss("multiclass"), "lovasz hinge": L.LovaszLoss("binary"),
+              "mcc": L.MCCLoss()}[case]
+        if impl == "smp_compile":
+            key = ("extra", case)
+            if key not in _compiled:
+                _compiled[key] = torch.compile(fn, dynamic=False)
+            fn = _compiled[key]
+        return fn
+    if impl == "fastgenloss":
+        return {"lovasz softmax": lambda x, t: fgl.lovasz_loss(x, t, "multiclass"),
+                "lovasz hinge": lambda x, t: fgl.lovasz_loss(x, t, "binary"),
+                "mcc": lambda x, t: fgl.mcc_loss(x, t)}[case]
+    return {"lovasz softmax": lambda x, t: R.lovasz_loss(x, t, mode="multiclass"),
+            "lovasz hinge": lambda x, t: R.lovasz_loss(x, t, mode="binary"),
+            "mcc": lambda x, t: R.mcc_loss(x, t)}[case]
+
+
+@pytest.mark.parametrize("impl", ["fastgenloss", "smp", "smp_compile", "reference"])
+@pytest.mark.parametrize("case", list(_EXTRA))
+def test_segmentation_mcc_lovasz(benchmark, case, impl):
+    shape = _extra_shape(case)
+    fn = _extra_fn(case, impl)
+    g = torch.Generator(device="cpu").manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).mul_(2)
+    if case == "lovasz softmax":
+        t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(DEVICE)
+    else:
+        t = (torch.rand(shape, generator=g) < 0.3).float().to(DEVICE)
+    if case == "mcc":  # smp's MCCLoss takes probabilities
+        x = torch.rand(shape, generator=g)
+    x = x.to(DEVICE).requires_grad_()
+    benchmark.group = f"segmentation {case} fwd+bwd {_shape_id(shape)} float32 {DEVICE}"
+    benchmark.extra_info.update(case=case, passes="fwd+bwd", impl=impl, numel=x.numel(),
+                                shape=_shape_id(shape), dtype="float32", device=DEVICE,
+                                threads=torch.get_num_threads(), torch=torch.__version__)
+
+    def fwd_bwd():
+        fn(x, t).backward()
+        x.grad = None
+        _sync()
+
+    fwd_bwd()  # compile and warm up outside the measurement
+    benchmark.extra_info["peak_mem_bytes"] = peak_memory_bytes(fwd_bwd, DEVICE)
+    benchmark(fwd_bwd)

@@ -43,6 +43,12 @@ TORCH_LIBRARY_FRAGMENT(fastgenloss, m) {
       "lovasz_fwd(Tensor input, Tensor target, int kind, bool per_image, bool has_ignore, "
       "int ignore_index, bool write_grad) -> (Tensor, Tensor)");
   m.def("lovasz_bwd(Tensor grad_output, Tensor grad, Tensor input) -> Tensor");
+  // smp's MCC loss on probabilities (mcc.cpp): [sum p, sum t, sum p t] in one pass, and their
+  // backward (each [0] when not asked for)
+  m.def("mcc_stats(Tensor input, Tensor target) -> Tensor");
+  m.def(
+      "mcc_stats_bwd(Tensor grad, Tensor input, Tensor target, bool input_grad, "
+      "bool target_grad) -> (Tensor, Tensor)");
   m.def(
       "seg_combine_bwd(Tensor grad, Tensor stats, Tensor xent, float[] overlap, float bce, "
       "float count, float focal, bool binary, bool per_image, bool sum, bool log_loss, "

@@ -53,6 +53,8 @@ def _cases(device=META):
     yield "contextual_loss", lambda a: fgl.contextual_loss(a, y)
     yield "nn.DiceLoss", lambda a: fnn.DiceLoss("multiclass")(a, lab)
     yield "mcc_loss", lambda a: fgl.mcc_loss(a[:, :1], multi[:, :1], from_logits=True)
+    yield "lovasz multiclass", lambda a: fgl.lovasz_loss(a, lab, "multiclass")
+    yield "lovasz binary", lambda a: fgl.lovasz_loss(a[:, :1], multi[:, :1], "binary")
 
 
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])

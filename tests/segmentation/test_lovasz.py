@@ -176,3 +176,20 @@ def test_errors(mode, x_shape, t, match):
     target = torch.ones(x_shape) if t is None else t
     with pytest.raises(ValueError, match=match):
         fgl.lovasz_loss(x, target, mode, **kw)
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_segmentation_loss_takes_mcc_and_lovasz_terms(mode):
+    x, t = make(mode, (6, 6), seed=10)
+    kw = dict(dice=1.0, iou=0.0, bce=0.5, lovasz=0.7)
+    want = (R.dice_loss(x, t, mode=mode) + 0.5 * R.bce_loss(x, t, mode=mode)
+            + 0.7 * R.lovasz_loss(x, t, mode=mode))
+    if mode == "binary":
+        kw["mcc"] = 0.3
+        want = want + 0.3 * R.mcc_loss(x.sigmoid(), t)
+    got = fgl.segmentation_loss(x, t, mode, **kw)
+    torch.testing.assert_close(got, want, **F64)
+    module = fgl.nn.SegmentationLoss(mode, **kw)
+    torch.testing.assert_close(module(x, t), want, **F64)
+    with pytest.raises(ValueError, match="reduction='mean'"):
+        fgl.segmentation_loss(x, t, mode, lovasz=1.0, reduction="sum")

@@ -79,7 +79,19 @@ def _lovasz_bwd_fake(grad_output, grad, input):
     return torch.empty_like(grad)
 
 
-# lovasz_fwd's autograd is C++ (csrc/segmentation/lovasz.cpp); lovasz_bwd is differentiated no
+@torch.library.register_fake("fastgenloss::mcc_stats")
+def _mcc_stats_fake(input, target):
+    return input.new_empty((3,), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("fastgenloss::mcc_stats_bwd")
+def _mcc_stats_bwd_fake(grad, input, target, input_grad, target_grad):
+    gp = torch.empty_like(input) if input_grad else input.new_empty((0,))
+    gt = torch.empty_like(target) if target_grad else target.new_empty((0,))
+    return gp, gt
+
+
+# mcc_stats' and lovasz_fwd's autograd is C++ (csrc/segmentation/lovasz.cpp); lovasz_bwd is differentiated no
 # further.
 LOVASZ_HINGE, LOVASZ_SOFTMAX = range(2)
 

@@ -59,10 +59,12 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                       from_logits: bool = True, smooth: float = 0.0, eps: float = 1e-7,
                       ignore_index: int | None = None, class_weights=None,
                       per_image: bool = False, reduction: str = "mean", process_group=None,
-                      label_smoothing: float = 0.0, _fn: str = "segmentation_loss") -> Tensor:
+                      label_smoothing: float = 0.0, mcc: float = 0.0, lovasz: float = 0.0,
+                      _fn: str = "segmentation_loss") -> Tensor:
     """dice * DiceLoss + iou * JaccardLoss + bce * (BCE, or CE in multiclass mode)
     + focal * FocalLoss + tversky * TverskyLoss, each term as smp computes it, from one pass of
-    the statistics kernel. ``ce`` is an alias of ``bce``, ``jaccard`` of ``iou``.
+    the statistics kernel; + mcc * MCCLoss (binary) + lovasz * LovaszLoss, each in a pass of its
+    own (mcc_loss, lovasz_loss). ``ce`` is an alias of ``bce``, ``jaccard`` of ``iou``.
     ``reduction="none"`` (one overlap term only) returns its per-class losses.
 
     ``label_smoothing`` (of the BCE / CE term only; smp's ``smooth_factor``): multiclass, the
@@ -82,6 +84,29 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
         bce = ce
     if jaccard is not None:
         iou = jaccard
+    if mcc or lovasz:
+        # smp's MCCLoss (binary) and LovaszLoss as further terms: each its own pass
+        if reduction != "mean" or process_group is not None:
+            raise ValueError(f"{_fn}: mcc and lovasz terms take reduction='mean' and no "
+                             "process_group")
+        if mcc and ignore_index is not None:
+            raise ValueError(f"{_fn}: the mcc term has no ignore_index (as smp's MCCLoss)")
+        extra = None
+        if mcc:
+            extra = mcc * mcc_loss(input, target, mode, from_logits=from_logits)
+        if lovasz:
+            term = lovasz * lovasz_loss(input, target, mode, per_image=per_image,
+                                        ignore_index=ignore_index, from_logits=from_logits)
+            extra = term if extra is None else extra + term
+        if not (dice or iou or bce or focal or tversky):
+            return extra
+        return extra + segmentation_loss(
+            input, target, mode, dice=dice, iou=iou, bce=bce, focal=focal, tversky=tversky,
+            tversky_alpha=tversky_alpha, tversky_beta=tversky_beta, tversky_gamma=tversky_gamma,
+            focal_alpha=focal_alpha, focal_gamma=focal_gamma, classes=classes,
+            log_loss=log_loss, from_logits=from_logits, smooth=smooth, eps=eps,
+            ignore_index=ignore_index, class_weights=class_weights, per_image=per_image,
+            label_smoothing=label_smoothing, _fn=_fn)
     _check_common(_fn, mode, reduction, classes, class_weights, smooth, eps)
     overlap = [(w, a, b, g) for w, a, b, g in ((dice, 0.5, 0.5, 1.0), (iou, 1.0, 1.0, 1.0),
                (tversky, tversky_alpha, tversky_beta, tversky_gamma)) if w]
@@ -282,11 +307,10 @@ def mcc_loss(input: Tensor, target: Tensor, mode: str = "binary", *, eps: float 
         stats, _ = seg_stats(input, target, mode=mode, from_logits=True, fn=fn)
         p, t_sum, a = stats.sum((0, 1)).unbind()
         tp = (p + t_sum - a) * 0.5
-    else:  # probabilities: three reductions, TP = sum p t exactly (soft targets too)
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        pf, tf = x.reshape(-1), t.reshape(-1).to(x.dtype)
-        p, t_sum = pf.sum(dtype=acc), tf.sum(dtype=acc)
-        tp = torch.dot(pf, tf).to(acc) if x.dtype == acc else (pf.to(acc) * tf.to(acc)).sum()
+    else:  # probabilities: one pass for sum p, sum t and TP = sum p t (soft targets too)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or t.requires_grad)
+        p, t_sum, tp = call_op(torch.ops.fastgenloss.mcc_stats.default, None,
+                               (x, t.to(x.dtype)), needs_grad).unbind()
     fp, fn_ = p - tp, t_sum - tp
     tn = (count - p - t_sum + tp) + eps
     tp, fp, fn_ = tp + eps, fp + eps, fn_ + eps
