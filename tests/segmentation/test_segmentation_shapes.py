@@ -157,3 +157,15 @@ def test_new_shapes_compile_without_graph_breaks(case):
     got, want = compiled(xa, t), fn(xb, t)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, xa)[0], torch.autograd.grad(want, xb)[0])
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_classifier_batch_per_image_and_batch_wide(mode, per_image):
+    """[N, C] logits run as one sample of N positions for batch-wide statistics (the kernels
+    vectorize over positions) and per sample with per_image: both as the reference."""
+    from fastgenloss import reference as R
+    x, t = _make(mode, (), torch.float64, seed=6)
+    _compare(lambda a, b: fgl.dice_loss(a, b, mode=mode, per_image=per_image),
+             lambda a, b: R.dice_loss(a, b, mode=mode, per_image=per_image), x, t,
+             torch.float64)

@@ -90,7 +90,8 @@ def test_kernel_and_pytorch_ops_statistics_agree(device, mode, reduction, monkey
 
 
 def _torch_only_stats(input, target, *, mode, from_logits=True, ignore_index=None, eps=1e-7,
-                      focal_gamma=None, focal_alpha=None, label_smoothing=0.0, fn="seg_stats"):
+                      focal_gamma=None, focal_alpha=None, label_smoothing=0.0, fn="seg_stats",
+                      batch_only=False):
     x, t, code, labels = S._check(fn, input, target, mode)
     return S._torch_stats(x, t, code, labels, from_logits, ignore_index, eps, focal_gamma,
                           focal_alpha, label_smoothing)

@@ -170,13 +170,28 @@ def _torch_stats(x: Tensor, t: Tensor, mode: int, labels: bool, from_logits: boo
     return torch.stack(cols, dim=-1), xent
 
 
+def _positions_as_one_sample(x: Tensor, t: Tensor, labels: bool):
+    """[N, C, 1] logits (a classifier batch, binary logits [N]) as one sample of N positions,
+    [1, C, N], for batch-wide statistics: the kernels vectorize over positions, not samples.
+    Multiclass logits stay in place (the class-minor layout the kernel reads as channels_last);
+    binary / multilabel ones are contiguous as they are for C = 1, else transposed once."""
+    x = x.permute(2, 1, 0)
+    t = t.reshape(1, -1) if labels else t.permute(2, 1, 0)
+    return x, t
+
+
 def seg_stats(input: Tensor, target: Tensor, *, mode: str, from_logits: bool = True,
               ignore_index: int | None = None, eps: float = 1e-7, focal_gamma=None,
-              focal_alpha=None, label_smoothing: float = 0.0, fn: str = "seg_stats"):
+              focal_alpha=None, label_smoothing: float = 0.0, fn: str = "seg_stats",
+              batch_only: bool = False):
     """(stats [N, C, 3] = (sum p, sum t, sum |p - t|), xent [N, C]) per sample and class; with
     focal_gamma given, stats [N, C, 5]: + (sum of the focal term, number of kept elements).
-    label_smoothing: xent against the smoothed targets (see segmentation_loss)."""
+    label_smoothing: xent against the smoothed targets (see segmentation_loss). ``batch_only``:
+    the caller sums over the samples, so the first dim may come back as 1 (a classifier batch
+    [N, C] runs as one sample of N positions)."""
     x, t, code, labels = _check(fn, input, target, mode)
+    if batch_only and x.shape[2] == 1 and x.shape[0] > 1:
+        x, t = _positions_as_one_sample(x, t, labels)
     label_smoothing = _check_smoothing(fn, label_smoothing)
     if focal_gamma is not None:
         if not focal_gamma >= 0:

@@ -117,6 +117,7 @@ def segmentation_loss(input: Tensor, target: Tensor, mode: str = "multiclass", *
                            reduction)
     label_smoothing = _check_smoothing(_fn, label_smoothing)
     stats, xent = seg_stats(input, target, mode=mode, from_logits=from_logits,
+                            batch_only=not per_image,
                             ignore_index=ignore_index, eps=eps,
                             focal_gamma=focal_gamma if focal else None,
                             focal_alpha=focal_alpha if focal else None,
@@ -304,7 +305,7 @@ def mcc_loss(input: Tensor, target: Tensor, mode: str = "binary", *, eps: float 
     x, t, _, _ = _check(fn, input, target, mode)
     count = x.numel()
     if from_logits:  # the statistics kernel: P, T and A = sum |p - t| in one pass
-        stats, _ = seg_stats(input, target, mode=mode, from_logits=True, fn=fn)
+        stats, _ = seg_stats(input, target, mode=mode, from_logits=True, fn=fn, batch_only=True)
         p, t_sum, a = stats.sum((0, 1)).unbind()
         tp = (p + t_sum - a) * 0.5
     else:  # probabilities: one pass for sum p, sum t and TP = sum p t (soft targets too)
