@@ -155,14 +155,3 @@ def entry_point(op_name: str, setup_context, backward, doc: str):
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels accumulate in (csrc/core/dtype.h's acc_type_t)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def scaled_grad(buf: torch.Tensor, scale: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """The forward-written gradient times grad_output. A CPU grad_output of exactly 1 (a plain
-    ``loss.backward()``) skips the pass over the buffer: one read and one write of a
-    gradient-sized tensor saved. (On a GPU, reading the value would synchronize the device.)"""
-    if in_place:
-        if scale.device.type == "cpu" and scale.numel() == 1 and scale.item() == 1.0:
-            return buf
-        return buf.mul_(scale)
-    return buf * scale
