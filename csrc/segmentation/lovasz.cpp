@@ -211,6 +211,7 @@ double lovasz_softmax_cpu(const Tensor& x, const Tensor& labels, bool per_image,
   if (grad != nullptr) {  // softmax backward: dz_k = p_k (dp_k - sum_c p_c dp_c)
     scalar_t* g = grad->mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n * m, 4096, [&](int64_t b, int64_t e) {
+      std::vector<acc_t> p(c);  // the position's probabilities, one exp each
       for (int64_t pos = b; pos < e; ++pos) {
         const int64_t i = pos / m, j = pos % m;
         const int64_t base = i * c * m + j;
@@ -220,11 +221,11 @@ double lovasz_softmax_cpu(const Tensor& x, const Tensor& labels, bool per_image,
         }
         acc_t dot = 0;
         for (int64_t k = 0; k < c; ++k) {
-          dot += std::exp(acc_t(z[base + k * m]) - lse[pos]) * dpp[base + k * m];
+          p[k] = std::exp(acc_t(z[base + k * m]) - lse[pos]);
+          dot += p[k] * dpp[base + k * m];
         }
         for (int64_t k = 0; k < c; ++k) {
-          const acc_t p = std::exp(acc_t(z[base + k * m]) - lse[pos]);
-          g[base + k * m] = scalar_t(p * (dpp[base + k * m] - dot));
+          g[base + k * m] = scalar_t(p[k] * (dpp[base + k * m] - dot));
         }
       }
     });
