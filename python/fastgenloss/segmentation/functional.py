@@ -302,18 +302,17 @@ def mcc_loss(input: Tensor, target: Tensor, mode: str = "binary", *, eps: float 
         raise ValueError(f"{fn}: mode must be 'binary' (as smp's MCCLoss), got {mode!r}")
     if not eps >= 0:
         raise ValueError(f"{fn}: eps must be >= 0, got {eps}")
-    x, t, _, _ = _check(fn, input, target, mode)
-    count = x.numel()
-    if from_logits:  # the statistics kernel: P, T and A = sum |p - t| in one pass
+    if from_logits:  # the statistics kernel (which checks the arguments): P, T and A in one pass
         stats, _ = seg_stats(input, target, mode=mode, from_logits=True, fn=fn, batch_only=True)
         p, t_sum, a = stats.sum((0, 1)).unbind()
         tp = (p + t_sum - a) * 0.5
     else:  # probabilities: one pass for sum p, sum t and TP = sum p t (soft targets too)
+        x, t, _, _ = _check(fn, input, target, mode)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or t.requires_grad)
         p, t_sum, tp = call_op(torch.ops.fastgenloss.mcc_stats.default, None,
                                (x, t.to(x.dtype)), needs_grad).unbind()
     fp, fn_ = p - tp, t_sum - tp
-    tn = (count - p - t_sum + tp) + eps
+    tn = (input.numel() - p - t_sum + tp) + eps
     tp, fp, fn_ = tp + eps, fp + eps, fn_ + eps
     mcc = (tp * tn - fp * fn_) / torch.sqrt((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_))
     return 1.0 - mcc
